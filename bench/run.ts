@@ -1,0 +1,20 @@
+/**
+ * `npm run bench`: every benchmark, each ratio measured against its bare denominator in
+ * the same run. Prints a Markdown table; `--write` replaces the matching section of
+ * bench/RESULTS.md.
+ */
+import { machine } from './harness.ts'
+import { benchMm } from './mm.bench.ts'
+
+const sections: Array<[string, () => Promise<string[]>]> = [
+  ['Memory and IOMMU (issue 2)', benchMm]
+]
+
+const only = process.argv.slice(2).filter(a => !a.startsWith('--'))
+console.log(`# warpdrive benchmarks\n\nMachine: ${machine()}\nDate: ${new Date().toISOString()}\n`)
+for (const [name, fn] of sections) {
+  if (only.length > 0 && !only.some(o => name.toLowerCase().includes(o.toLowerCase()))) continue
+  console.log(`## ${name}\n\n| case | rate | ratio / note |\n|---|---|---|`)
+  for (const line of await fn()) console.log(line)
+  console.log()
+}

@@ -1,0 +1,349 @@
+/**
+ * The IOMMU: a PASID table whose entries are processes' page tables (shared virtual
+ * addressing, drivers/iommu/iommu-sva.c), IOVA domains that only the kernel maps into
+ * (drivers/iommu/iommufd/io_pagetable.c), an IOTLB per device, page requests (PRI) served
+ * by the kernel's fault handler, and the bookkeeping of device accesses in flight so an
+ * mmu notifier can wait for them before a frame changes hands.
+ *
+ * Everything above this layer is reached through IommuAddressSpace, which src/kernel
+ * implements: src/hw imports nothing above it.
+ */
+import { Errno, err, ok, type Result } from './errno.ts'
+import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
+import type { IovaDomain } from './iova-domain.ts'
+
+/** Walk outcomes below zero; a walk that succeeds answers the frame number (always >= 1). */
+export const Xlate = {
+  NOT_PRESENT: -1,
+  PERMISSION: -2,
+  NO_MAPPING: -3
+} as const
+
+/** PROTOCOL.md section 2, fault_info bits. */
+export const FaultInfo = {
+  WRITE: 1,
+  NO_MAPPING: 2
+} as const
+
+/** Highest user virtual address + 1 (x86-64 four-level paging, TASK_SIZE). */
+export const TASK_SIZE = 2 ** 47
+/** PASIDs stay below this so (ctx, page) packs into one safe integer key. */
+export const PASID_MAX = 0xffff
+const DOMAIN_CTX_BASE = 0x10000
+
+export interface IommuFault {
+  pasid: number
+  addr: number
+  write: boolean
+  reason: 'not_present' | 'permission' | 'no_mapping'
+  /** what the page request answered, when one was made */
+  served?: boolean
+  device?: string
+  at: number
+}
+
+/** What a PASID-table entry points to: a process's address space, implemented by the kernel's mm. */
+export interface IommuAddressSpace {
+  /** A side-effect-free page walk: the frame, or a negative Xlate code. */
+  walk: (va: number, write: boolean) => number
+  /** A page request (PRI): fault the page in and answer true, or answer invalid (false). */
+  pageRequest: (va: number, write: boolean) => boolean | Promise<boolean>
+  /** Recorded in the owning process's fault queue. */
+  reportFault: (fault: IommuFault) => void
+}
+
+/**
+ * One device access in flight (a descriptor being translated or run). It holds a
+ * reference on every frame it reached, so no frame is freed under it; the notifier waits
+ * for it (running) or marks it stale (still translating) before a translation changes.
+ */
+export class DeviceAccess {
+  readonly frames: number[] = []
+  /** [start, end) virtual ranges touched, flat pairs */
+  readonly ranges: number[] = []
+  state: 'translating' | 'running' | 'done' = 'translating'
+  /** a translation it used was invalidated before it started running: translate again */
+  stale = false
+  /** set by the device when the access starts running: blocks until it is done */
+  wait: (() => void) | undefined
+
+  readonly ctx: number
+  readonly iommu: Iommu
+
+  constructor (ctx: number, iommu: Iommu) {
+    this.ctx = ctx
+    this.iommu = iommu
+  }
+
+  overlaps (start: number, end: number): boolean {
+    const r = this.ranges
+    for (let i = 0; i < r.length; i += 2) {
+      if (r[i] < end && start < r[i + 1]) return true
+    }
+    return false
+  }
+
+  /** Frees every frame reference and forgets the access. Idempotent. */
+  release (): void {
+    if (this.state === 'done') return
+    this.state = 'done'
+    this.iommu.forgetAccess(this)
+    const mem = this.iommu.mem
+    for (const f of this.frames) mem.put(f)
+    this.frames.length = 0
+  }
+}
+
+/**
+ * A device's IOTLB: (context, page) to frame, with the write permission cached only once a
+ * write walk succeeded. Bounded; invalidated by range from the notifiers and by domain unmaps.
+ */
+export class Iotlb {
+  hits = 0
+  misses = 0
+  #size = 0
+  readonly #entries = new Map<number, Map<number, number>>()
+
+  readonly name: string
+  readonly iommu: Iommu
+  readonly capacity: number
+
+  constructor (name: string, iommu: Iommu, capacity = 4096) {
+    this.name = name
+    this.iommu = iommu
+    this.capacity = capacity
+  }
+
+  get size (): number { return this.#size }
+
+  /** The frame for (ctx, va) with the access, or a negative Xlate code. */
+  translate (ctx: number, va: number, write: boolean): number {
+    const vpn = Math.floor(va / PAGE_SIZE)
+    let pages = this.#entries.get(ctx)
+    if (pages !== undefined) {
+      const e = pages.get(vpn)
+      if (e !== undefined && (!write || (e & 1) === 1)) {
+        this.hits++
+        return e >>> 1
+      }
+    }
+    this.misses++
+    const frame = this.iommu.walk(ctx, va, write)
+    if (frame < 0) return frame
+    if (pages === undefined) {
+      pages = new Map()
+      this.#entries.set(ctx, pages)
+    }
+    if (!pages.has(vpn)) {
+      if (this.#size >= this.capacity) this.#evictOne()
+      this.#size++
+    }
+    pages.set(vpn, frame * 2 + (write ? 1 : 0))
+    return frame
+  }
+
+  /** Drops the oldest entry of the oldest context: Map iteration order is insertion order. */
+  #evictOne (): void {
+    const oldest = this.#entries.entries().next()
+    if (oldest.done === true) return
+    const [ctx, pages] = oldest.value
+    const vpn = pages.keys().next().value
+    if (vpn !== undefined) pages.delete(vpn)
+    this.#size--
+    if (pages.size === 0) this.#entries.delete(ctx)
+  }
+
+  flushRange (ctx: number, start: number, end: number): void {
+    const pages = this.#entries.get(ctx)
+    if (pages === undefined) return
+    const first = Math.floor(start / PAGE_SIZE)
+    const last = Math.ceil(end / PAGE_SIZE)
+    if (last - first < pages.size) {
+      for (let v = first; v < last; v++) {
+        if (pages.delete(v)) this.#size--
+      }
+    } else {
+      for (const v of pages.keys()) {
+        if (v >= first && v < last) {
+          pages.delete(v)
+          this.#size--
+        }
+      }
+    }
+    if (pages.size === 0) this.#entries.delete(ctx)
+  }
+
+  flushContext (ctx: number): void {
+    const pages = this.#entries.get(ctx)
+    if (pages === undefined) return
+    this.#size -= pages.size
+    this.#entries.delete(ctx)
+  }
+}
+
+export class Iommu {
+  readonly #pasids = new Map<number, IommuAddressSpace>()
+  readonly #domains = new Map<number, IovaDomain>()
+  readonly #iotlbs: Iotlb[] = []
+  readonly #accesses = new Map<number, Set<DeviceAccess>>()
+  #nextPasid = 1
+  faultsRecorded = 0
+  pageRequests = 0
+
+  readonly mem: PhysMem
+
+  constructor (mem: PhysMem) {
+    this.mem = mem
+  }
+
+  createIotlb (name: string, capacity?: number): Iotlb {
+    const tlb = new Iotlb(name, this, capacity)
+    this.#iotlbs.push(tlb)
+    return tlb
+  }
+
+  /** iommu_sva_bind_device: one PASID per address space. The kernel makes sure of the "one". */
+  bindPasid (space: IommuAddressSpace): Result<number> {
+    if (this.#pasids.size >= PASID_MAX) return err(Errno.ENOSPC, 'no free PASID')
+    let pasid = this.#nextPasid
+    while (this.#pasids.has(pasid)) pasid = pasid >= PASID_MAX ? 1 : pasid + 1
+    this.#nextPasid = pasid >= PASID_MAX ? 1 : pasid + 1
+    this.#pasids.set(pasid, space)
+    return ok(pasid)
+  }
+
+  /** Drops the PASID after invalidating everything cached or in flight under it. */
+  unbindPasid (pasid: number): void {
+    if (!this.#pasids.has(pasid)) return
+    this.invalidate(pasid, 0, TASK_SIZE)
+    this.#pasids.delete(pasid)
+  }
+
+  isBound (pasid: number): boolean { return this.#pasids.has(pasid) }
+  get boundPasids (): number { return this.#pasids.size }
+
+  /** Makes a domain reachable as a translation context; its unmaps invalidate this IOMMU. */
+  attachDomain (domain: IovaDomain): number {
+    const ctx = DOMAIN_CTX_BASE + domain.id
+    this.#domains.set(ctx, domain)
+    domain.onInvalidate = (iova, length) => this.invalidate(ctx, iova, iova + length)
+    return ctx
+  }
+
+  detachDomain (domain: IovaDomain): void {
+    const ctx = DOMAIN_CTX_BASE + domain.id
+    this.invalidate(ctx, 0, TASK_SIZE)
+    this.#domains.delete(ctx)
+    domain.onInvalidate = undefined
+  }
+
+  static domainCtx (domainId: number): number { return DOMAIN_CTX_BASE + domainId }
+  static isPasidCtx (ctx: number): boolean { return ctx > 0 && ctx < DOMAIN_CTX_BASE }
+
+  /** The page walk behind an IOTLB miss. */
+  walk (ctx: number, va: number, write: boolean): number {
+    if (!(va >= 0 && va < TASK_SIZE)) return Xlate.NO_MAPPING
+    if (ctx < DOMAIN_CTX_BASE) {
+      const space = this.#pasids.get(ctx)
+      return space === undefined ? Xlate.NO_MAPPING : space.walk(va, write)
+    }
+    const domain = this.#domains.get(ctx)
+    const m = domain?.lookup(va)
+    if (m === undefined) return Xlate.NO_MAPPING
+    return (m.perm & (write ? 2 : 1)) !== 0 ? m.frame : Xlate.PERMISSION
+  }
+
+  /** translate() without a device cache, for tests and one-off kernel use. */
+  translate (ctx: number, va: number, write: boolean): number {
+    return this.walk(ctx, va, write)
+  }
+
+  /**
+   * A page request for a fault under a PASID: the kernel's fault handler serves a
+   * not-present (or copy-on-write) page of a valid mapping and answers invalid for anything
+   * else. IOVA domains have no page requests: the kernel mapped everything up front.
+   */
+  async pageRequest (ctx: number, va: number, write: boolean): Promise<boolean> {
+    this.pageRequests++
+    const space = this.#pasids.get(ctx)
+    if (space === undefined) return false
+    return await space.pageRequest(va, write)
+  }
+
+  /** Records a fault against the owner of the context (a process's fault queue for PASIDs). */
+  reportFault (ctx: number, va: number, write: boolean, code: number, device: string, served?: boolean): void {
+    this.faultsRecorded++
+    const space = this.#pasids.get(ctx)
+    if (space === undefined) return
+    space.reportFault({
+      pasid: ctx,
+      addr: va,
+      write,
+      reason: code === Xlate.NOT_PRESENT ? 'not_present' : code === Xlate.PERMISSION ? 'permission' : 'no_mapping',
+      served,
+      device,
+      at: Date.now()
+    })
+  }
+
+  beginAccess (ctx: number): DeviceAccess {
+    const a = new DeviceAccess(ctx, this)
+    let set = this.#accesses.get(ctx)
+    if (set === undefined) {
+      set = new Set()
+      this.#accesses.set(ctx, set)
+    }
+    set.add(a)
+    return a
+  }
+
+  /** Called by DeviceAccess.release. */
+  forgetAccess (a: DeviceAccess): void {
+    const set = this.#accesses.get(a.ctx)
+    if (set === undefined) return
+    set.delete(a)
+    if (set.size === 0) this.#accesses.delete(a.ctx)
+  }
+
+  accessesInFlight (ctx?: number): number {
+    if (ctx !== undefined) return this.#accesses.get(ctx)?.size ?? 0
+    let n = 0
+    for (const s of this.#accesses.values()) n += s.size
+    return n
+  }
+
+  /**
+   * The IOMMU side of an mmu notifier's invalidate-range-start: flush every IOTLB, then
+   * wait for the device accesses running in the range (or mark those still translating
+   * stale). When it returns, no device uses a translation of the range any more.
+   */
+  invalidate (ctx: number, start: number, end: number): void {
+    for (const tlb of this.#iotlbs) tlb.flushRange(ctx, start, end)
+    const set = this.#accesses.get(ctx)
+    if (set === undefined) return
+    for (const a of [...set]) {
+      if (!a.overlaps(start, end)) continue
+      if (a.state === 'translating') a.stale = true
+      else if (a.state === 'running') a.wait?.()
+    }
+  }
+
+  /**
+   * Translates [va, va+len) for an access, one page at a time, holding each frame.
+   * Answers the bytes translated before the first fault and that fault's code (0 if none).
+   */
+  holdRange (tlb: Iotlb, a: DeviceAccess, va: number, len: number, write: boolean, frames: number[]): { done: number, code: number } {
+    let done = 0
+    a.ranges.push(va, va + len)
+    while (done < len) {
+      const addr = va + done
+      const frame = tlb.translate(a.ctx, addr, write)
+      if (frame < 0) return { done, code: frame }
+      this.mem.get(frame)
+      a.frames.push(frame)
+      frames.push(frame)
+      done += PAGE_SIZE - (addr & (PAGE_SIZE - 1))
+    }
+    return { done: len, code: 0 }
+  }
+}

@@ -1,0 +1,25 @@
+import { Kernel } from '../../src/kernel/kernel.ts'
+import { Prot } from '../../src/kernel/vma.ts'
+import type { Result } from '../../src/hw/errno.ts'
+
+export const RW = Prot.READ | Prot.WRITE
+
+export function newKernel (pages = 4096): Kernel {
+  return new Kernel({ physMemBytes: pages * 4096 })
+}
+
+/** Unwraps a Result in a test, failing loudly. */
+export function must<T> (r: Result<T>): T {
+  if (!r.ok) throw new Error(`${r.errno}: ${r.message}`)
+  return r.value
+}
+
+export function bytes (n: number, seed = 1): Uint8Array {
+  const b = new Uint8Array(n)
+  let x = seed
+  for (let i = 0; i < n; i++) {
+    x = (x * 1103515245 + 12345) >>> 0
+    b[i] = x >>> 24
+  }
+  return b
+}

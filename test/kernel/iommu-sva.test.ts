@@ -1,0 +1,172 @@
+import t from 'tap'
+import { Errno } from '../../src/hw/errno.ts'
+import { FaultInfo, Iommu, Xlate } from '../../src/hw/iommu.ts'
+import { IovaDomain } from '../../src/hw/iova-domain.ts'
+import { Prot } from '../../src/kernel/vma.ts'
+import { RW, bytes, must, newKernel } from './helpers.ts'
+
+const P = 4096
+
+t.test('PASIDs: one per address space, freed at exit, never inherited', async t => {
+  const k = newKernel()
+  const a = k.createProcess('t')
+  const b = k.createProcess('t')
+  const pa = must(k.bindPasid(a))
+  t.equal(must(k.bindPasid(a)), pa, 'binding twice gives the same PASID')
+  const pb = must(k.bindPasid(b))
+  t.not(pa, pb)
+  const child = must(k.fork(a))
+  t.equal(child.pasid, undefined)
+  t.equal(k.iommu.boundPasids, 2)
+  k.exit(a)
+  t.equal(k.iommu.isBound(pa), false, 'exit frees the PASID')
+  t.equal(k.iommu.translate(pa, 0x7000_0000_0000, false), Xlate.NO_MAPPING, 'a freed PASID translates nothing')
+  k.exit(b)
+  k.exit(child)
+})
+
+t.test('translate through an IOTLB: hits, misses, faults by kind', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const pasid = must(k.bindPasid(p))
+  const tlb = k.iommu.createIotlb('dev0')
+  const a = must(p.mm.mmap({ length: 2 * P, prot: RW, shared: false }))
+  const ro = must(p.mm.mmap({ length: P, prot: Prot.READ, shared: false }))
+  t.equal(tlb.translate(pasid, a, false), Xlate.NOT_PRESENT, 'valid mapping, page not present')
+  t.equal(tlb.translate(pasid, 0x1000, false), Xlate.NO_MAPPING)
+  must(p.mm.store(a, new Uint8Array([1])))
+  const frame = tlb.translate(pasid, a + 5, true)
+  t.ok(frame > 0)
+  t.equal(tlb.misses, 3)
+  t.equal(tlb.translate(pasid, a + 100, true), frame)
+  t.equal(tlb.translate(pasid, a + 200, false), frame, 'a write entry serves reads')
+  t.equal(tlb.hits, 2)
+  must(p.mm.load(ro, 1))
+  t.equal(tlb.translate(pasid, ro, true), Xlate.PERMISSION)
+  t.ok(tlb.translate(pasid, ro, false) > 0)
+  t.equal(tlb.translate(pasid, ro, true), Xlate.PERMISSION, 'a read entry never serves writes')
+})
+
+t.test('notifiers invalidate the IOTLB: munmap, mprotect, COW', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const pasid = must(k.bindPasid(p))
+  const tlb = k.iommu.createIotlb('dev0')
+  const a = must(p.mm.mmap({ length: 2 * P, prot: RW, shared: false }))
+  must(p.mm.store(a, bytes(2 * P)))
+  t.ok(tlb.translate(pasid, a, true) > 0)
+  t.ok(tlb.translate(pasid, a + P, true) > 0)
+  t.equal(tlb.size, 2)
+  must(p.mm.mprotect(a, P, Prot.READ))
+  t.equal(tlb.size, 1, 'mprotect dropped the entry')
+  t.equal(tlb.translate(pasid, a, true), Xlate.PERMISSION, 'and the write right is gone')
+  must(p.mm.munmap(a + P, P))
+  t.equal(tlb.translate(pasid, a + P, false), Xlate.NO_MAPPING, 'munmap: no stale frame')
+  const b = must(p.mm.mmap({ length: P, prot: RW, shared: false }))
+  must(p.mm.store(b, new Uint8Array([1])))
+  const before = tlb.translate(pasid, b, false)
+  must(k.fork(p))
+  must(p.mm.store(b, new Uint8Array([2])))
+  const after = tlb.translate(pasid, b, false)
+  t.not(after, before, 'after a COW break the device sees the new frame, not the child\'s')
+})
+
+t.test('page requests: a valid not-present page is served, anything else is invalid', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const pasid = must(k.bindPasid(p))
+  const a = must(p.mm.mmap({ length: P, prot: RW, shared: false }))
+  const ro = must(p.mm.mmap({ length: P, prot: Prot.READ, shared: false }))
+  t.equal(await k.iommu.pageRequest(pasid, a, true), true)
+  t.ok(k.iommu.translate(pasid, a, true) > 0)
+  t.equal(await k.iommu.pageRequest(pasid, ro, true), false, 'write to a read-only mapping')
+  t.equal(await k.iommu.pageRequest(pasid, 0x2000, false), false, 'no mapping')
+  t.equal(await k.iommu.pageRequest(999, a, false), false, 'unknown PASID')
+  k.iommu.reportFault(pasid, 0x2000, true, Xlate.NO_MAPPING, 'dev0', false)
+  t.match(p.mm.faultQueue, [{ pasid, addr: 0x2000, write: true, reason: 'no_mapping', served: false, device: 'dev0' }])
+  t.equal(FaultInfo.NO_MAPPING, 2)
+})
+
+t.test('a device access holds its frames; the notifier waits for a running one', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const pasid = must(k.bindPasid(p))
+  const tlb = k.iommu.createIotlb('dev0')
+  const a = must(p.mm.mmap({ length: 2 * P, prot: RW, shared: false }))
+  must(p.mm.store(a, bytes(2 * P)))
+  const acc = k.iommu.beginAccess(pasid)
+  const frames: number[] = []
+  t.same(k.iommu.holdRange(tlb, acc, a + 10, P, true, frames), { done: P, code: 0 })
+  t.equal(frames.length, 2)
+  // The device is running: the notifier must wait for it before the frames go.
+  acc.state = 'running'
+  let waited = false
+  acc.wait = () => {
+    // the device's last write lands before munmap goes on
+    k.mem.bytes[frames[0] * P] = 0xee
+    waited = true
+    acc.release()
+  }
+  const freeBefore = k.mem.freeFrames
+  must(p.mm.munmap(a, 2 * P))
+  t.ok(waited, 'munmap waited for the access')
+  t.equal(k.mem.freeFrames, freeBefore + 2, 'frames freed only after the access released them')
+  t.equal(k.iommu.accessesInFlight(), 0)
+})
+
+t.test('no frame is freed or reused while a device access holds it', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const pasid = must(k.bindPasid(p))
+  const tlb = k.iommu.createIotlb('dev0')
+  const a = must(p.mm.mmap({ length: P, prot: RW, shared: false }))
+  must(p.mm.store(a, new Uint8Array([7])))
+  const acc = k.iommu.beginAccess(pasid)
+  const frames: number[] = []
+  k.iommu.holdRange(tlb, acc, a, 1, false, frames)
+  // Still translating: the notifier marks it stale instead of waiting.
+  must(p.mm.munmap(a, P))
+  t.equal(acc.stale, true)
+  t.equal(k.mem.refcount(frames[0]), 1, 'the access alone holds the frame')
+  const reuse = must(p.mm.mmap({ length: P, prot: RW, shared: false }))
+  must(p.mm.store(reuse, new Uint8Array([1])))
+  t.not(p.mm.walk(reuse, false), frames[0], 'the held frame is not handed out again')
+  t.equal(k.mem.bytes[frames[0] * P], 7, 'and keeps its bytes')
+  acc.release()
+  t.equal(k.mem.refcount(frames[0]), 0)
+})
+
+t.test('IOVA domains attached to the IOMMU: translate and invalidate on unmap', async t => {
+  const k = newKernel()
+  const tlb = k.iommu.createIotlb('dev1')
+  const d = new IovaDomain(1, k.mem)
+  const ctx = k.iommu.attachDomain(d)
+  t.equal(ctx, Iommu.domainCtx(1))
+  const f = must(k.mem.alloc())
+  const iova = must(d.map(undefined, [f], 1))
+  t.equal(tlb.translate(ctx, iova, false), f)
+  t.equal(tlb.translate(ctx, iova, true), Xlate.PERMISSION, 'read-only map')
+  t.equal(tlb.translate(ctx, iova, false), f)
+  t.equal(tlb.hits, 1)
+  must(d.unmap(iova, P))
+  t.equal(tlb.translate(ctx, iova, false), Xlate.NO_MAPPING, 'unmap flushed the IOTLB')
+  k.mem.put(f)
+  const e = d.unmap(iova, P)
+  t.ok(!e.ok && e.errno === Errno.ENOENT)
+  k.iommu.detachDomain(d)
+})
+
+t.test('IOTLB is bounded and evicts oldest first', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const pasid = must(k.bindPasid(p))
+  const tlb = k.iommu.createIotlb('small', 4)
+  const a = must(p.mm.mmap({ length: 8 * P, prot: RW, shared: false }))
+  must(p.mm.store(a, new Uint8Array(8 * P)))
+  for (let i = 0; i < 8; i++) tlb.translate(pasid, a + i * P, false)
+  t.equal(tlb.size, 4)
+  tlb.translate(pasid, a + 7 * P, false)
+  t.equal(tlb.hits, 1, 'the newest is still there')
+  tlb.translate(pasid, a, false)
+  t.equal(tlb.misses, 9, 'the oldest was evicted')
+})
