@@ -19,12 +19,6 @@ export const Xlate = {
   NO_MAPPING: -3
 } as const
 
-/** PROTOCOL.md section 2, fault_info bits. */
-export const FaultInfo = {
-  WRITE: 1,
-  NO_MAPPING: 2
-} as const
-
 /** Highest user virtual address + 1 (x86-64 four-level paging, TASK_SIZE). */
 export const TASK_SIZE = 2 ** 47
 /** PASIDs stay below this so (ctx, page) packs into one safe integer key. */
@@ -171,6 +165,11 @@ export class Iotlb {
       }
     }
     if (pages.size === 0) this.#entries.delete(ctx)
+  }
+
+  flushAll (): void {
+    this.#entries.clear()
+    this.#size = 0
   }
 
   flushContext (ctx: number): void {

@@ -1,0 +1,40 @@
+/**
+ * The process: reads the configuration, builds the app with a pino logger, closes it
+ * gracefully on a signal, listens. Everything else is src/app.ts.
+ */
+import closeWithGrace from 'close-with-grace'
+import pino from 'pino'
+import { buildApp } from './app.ts'
+import { ConfigError, loadConfig, type Config } from './config.ts'
+
+let config: Config
+try {
+  config = loadConfig()
+} catch (e) {
+  if (!(e instanceof ConfigError)) throw e
+  process.stderr.write(`warpd: ${e.message}\n`)
+  process.exit(1)
+}
+
+const logger = pino({
+  level: config.WARPD_LOG_LEVEL,
+  // Tokens travel in this header; a serializer change must not put them in the logs.
+  redact: ['req.headers.authorization', 'request.headers.authorization']
+})
+
+const app = await buildApp({ config, logger })
+
+closeWithGrace({ delay: 10_000, logger }, async ({ err, signal }) => {
+  if (err !== undefined) logger.error({ err }, 'closing after an error')
+  else logger.info({ signal }, 'closing')
+  // onClose hooks exit every process, releasing queues and pins (the device drain).
+  await app.close()
+})
+
+try {
+  const address = await app.listen({ host: config.WARPD_HOST, port: config.WARPD_PORT })
+  logger.info({ url: address, docs: `${address}/docs` }, 'warpd listening')
+} catch (err) {
+  logger.fatal({ err }, 'cannot listen')
+  process.exit(1)
+}
