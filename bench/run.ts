@@ -4,10 +4,12 @@
  * bench/RESULTS.md.
  */
 import { machine } from './harness.ts'
+import { benchDevice } from './device.bench.ts'
 import { benchMm } from './mm.bench.ts'
 
 const sections: Array<[string, () => Promise<string[]>]> = [
-  ['Memory and IOMMU (issue 2)', benchMm]
+  ['Memory and IOMMU (issue 2)', benchMm],
+  ['Device and engines (issue 3)', benchDevice]
 ]
 
 const only = process.argv.slice(2).filter(a => !a.startsWith('--'))

@@ -1,0 +1,710 @@
+/**
+ * The emulated accelerator (the role of drivers/dma/idxd and of a UACCE-registered
+ * device): hardware queues served by a weighted arbiter, a DMA front end that translates
+ * each descriptor's buffers through the IOMMU a page at a time, and engines (worker
+ * threads over physical memory) fed in batches through shared-memory rings.
+ *
+ * Faults (PROTOCOL.md section 4): a buffer that does not translate completes PAGE_FAULT
+ * with the faulting address, or with BLOCK_ON_FAULT waits for a page request. Error
+ * containment (the seed's I2, UACCE's isolate_strategy): too many faults in a window
+ * isolate the queue until an admin clears it. A reset aborts everything in flight.
+ * Every accepted descriptor gets exactly one completion (DESIGN.md invariant 5).
+ */
+import {
+  AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode,
+  SHA256_SIZE, Status, ivAddr, keyAddr, opcodeName, readAddr, readU32, validateDescriptor, writeU32, writeU64,
+  type Limits, type OpcodeName
+} from './descriptor.ts'
+import type { DeviceConfig } from './device-config.ts'
+import { EnginePool, type PoolJob } from './engine-pool.ts'
+import type { EngineResult, Sg } from './engine-ops.ts'
+import { HwQueue, QueueState, type CompletionCallback, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
+import { Iommu, Xlate, type DeviceAccess, type Iotlb } from './iommu.ts'
+import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
+
+/** UACCE_DEV_SVA, include/uapi/misc/uacce/uacce.h */
+export const UACCE_DEV_SVA = 0x1
+/** jobs in the engines per engine thread before the arbiter holds work back in the queues */
+const JOBS_PER_ENGINE = 64
+/** page requests one descriptor may make before it is failed (a livelock guard) */
+const MAX_PAGE_REQUESTS = 64
+
+/** Sees every completion (metrics): the port tells whose it was. */
+export type CompletionObserver = (queue: HwQueue, port: QueuePort, status: number, opcode: number, bytes: number, latencyNs: number) => void
+
+export interface DeviceAttributes {
+  id: string
+  api: string
+  flags: number
+  sva: boolean
+  available_instances: number
+  algorithms: OpcodeName[]
+  isolate: number
+  isolate_strategy: { faults: number, windowMs: number }
+  queueDepths: number[]
+  maxTransferSize: number
+  maxBatchSize: number
+  engines: number
+}
+
+function regionSg (frames: number[], va: number, len: number): Sg {
+  const addrs: number[] = []
+  const lens: number[] = []
+  let off = 0
+  for (let i = 0; i < frames.length && off < len; i++) {
+    const inPage = (va + off) % PAGE_SIZE
+    const n = Math.min(PAGE_SIZE - inPage, len - off)
+    addrs.push(frames[i] * PAGE_SIZE + inPage)
+    lens.push(n)
+    off += n
+  }
+  return { addrs, lens }
+}
+
+const EMPTY: Sg = { addrs: [], lens: [] }
+
+/** Output bound of raw deflate for n input bytes (zlib's deflateBound, stored-block worst case). */
+function deflateBound (n: number): number {
+  return n + Math.ceil(n / 16383) * 5 + 64
+}
+
+export class AccelDevice implements QueueHost {
+  readonly config: DeviceConfig
+  readonly iommu: Iommu
+  readonly mem: PhysMem
+  readonly iotlb: Iotlb
+  readonly queues: HwQueue[]
+  readonly pool: EnginePool
+  readonly limits: Limits
+  observer: CompletionObserver | undefined
+  readonly #running = new Map<number, Entry>()
+  readonly #byCtx = new Map<number, Set<Entry>>()
+  readonly #drains: Entry[] = []
+  readonly #finished: Array<[Entry, EngineResult]> = []
+  readonly #stalled: PoolJob[] = []
+  #finishScheduled = false
+  #pumping = false
+  #rr = 0
+  #nextId = 1
+  #seq = 0
+  #outstanding = 0
+  #idleWaiters: Array<() => void> = []
+  #closed = false
+  readonly maxJobs: number
+
+  constructor (config: DeviceConfig, iommu: Iommu) {
+    this.config = config
+    this.iommu = iommu
+    this.mem = iommu.mem
+    this.iotlb = iommu.createIotlb(config.id, config.iotlbEntries)
+    this.queues = config.queues.map((q, i) => new HwQueue(i, q.mode, q.depth, q.priority, this))
+    this.limits = {
+      maxTransferSize: config.maxTransferSize,
+      maxBatchSize: config.maxBatchSize,
+      algorithms: new Set(config.algorithms.map(n => Opcode[n]))
+    }
+    this.maxJobs = config.engines * JOBS_PER_ENGINE
+    this.pool = new EnginePool({ mem: this.mem, workers: config.engines, onComplete: (id, r) => this.#onEngine(id, r) })
+    this.pool.onSpace = () => this.#resubmit()
+  }
+
+  get id (): string { return this.config.id }
+  get outstanding (): number { return this.#outstanding }
+
+  attributes (): DeviceAttributes {
+    return {
+      id: this.config.id,
+      api: 'warpdrive-v1',
+      flags: this.config.sva ? UACCE_DEV_SVA : 0,
+      sva: this.config.sva,
+      available_instances: this.queues.filter(q => q.mode === 'dedicated' && !q.allocated).length,
+      algorithms: [...this.config.algorithms],
+      isolate: this.queues.filter(q => q.state === QueueState.ISOLATED).length,
+      isolate_strategy: { ...this.config.isolateStrategy },
+      queueDepths: this.queues.map(q => q.depth),
+      maxTransferSize: this.config.maxTransferSize,
+      maxBatchSize: this.config.maxBatchSize,
+      engines: this.config.engines
+    }
+  }
+
+  /** A free queue of that mode, now allocated; undefined when none is free (EBUSY above). */
+  allocQueue (mode: 'dedicated' | 'kernel'): HwQueue | undefined {
+    const q = this.queues.find(x => x.mode === mode && !x.allocated && x.state === QueueState.RUNNING)
+    if (q !== undefined) q.allocated = true
+    return q
+  }
+
+  sharedQueue (): HwQueue | undefined {
+    return this.queues.find(q => q.mode === 'shared')
+  }
+
+  // --- acceptance (QueueHost) ---
+
+  accept (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown): void {
+    const e = this.#newEntry(q, port, desc, slot, token, undefined)
+    q.enqueue(e)
+  }
+
+  #newEntry (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown, parent: Entry | undefined): Entry {
+    const e: Entry = {
+      id: this.#nextId++,
+      queue: q,
+      port,
+      ctx: port.ctx,
+      desc,
+      slot,
+      seq: this.#seq++,
+      token,
+      parent,
+      children: 0,
+      failedChildren: 0,
+      aborted: false,
+      access: undefined,
+      srcFault: undefined,
+      dstFaultCode: 0,
+      t0: performance.now(),
+      state: 'queued'
+    }
+    let set = this.#byCtx.get(e.ctx)
+    if (set === undefined) {
+      set = new Set()
+      this.#byCtx.set(e.ctx, set)
+    }
+    set.add(e)
+    this.#outstanding++
+    return e
+  }
+
+  kick (): void {
+    this.#pump()
+  }
+
+  // --- the arbiter ---
+
+  /** Weighted round robin over the queues: each gets `priority` descriptors a round. */
+  #next (): Entry | undefined {
+    const n = this.queues.length
+    for (let scanned = 0; scanned < 2 * n; scanned++) {
+      const q = this.queues[this.#rr]
+      if (q.credit > 0 && q.pending > 0) {
+        const e = q.take()
+        if (e !== undefined) {
+          q.credit--
+          return e
+        }
+      }
+      q.credit = q.priority
+      this.#rr = (this.#rr + 1) % n
+    }
+    return undefined
+  }
+
+  #pump (): void {
+    if (this.#pumping) return
+    this.#pumping = true
+    const jobs: PoolJob[] = []
+    try {
+      while (this.#running.size + jobs.length < this.maxJobs && this.#stalled.length === 0) {
+        const e = this.#next()
+        if (e === undefined) break
+        this.#start(e, jobs)
+      }
+    } finally {
+      this.#pumping = false
+    }
+    if (jobs.length > 0) this.#submitJobs(jobs)
+  }
+
+  #submitJobs (jobs: PoolJob[]): void {
+    const n = this.pool.submit(jobs)
+    for (let i = n; i < jobs.length; i++) this.#stalled.push(jobs[i])
+  }
+
+  #resubmit (): void {
+    if (this.#stalled.length === 0) return
+    const jobs = this.#stalled.splice(0)
+    this.#submitJobs(jobs)
+    this.#pump()
+  }
+
+  // --- starting a descriptor ---
+
+  #start (e: Entry, jobs: PoolJob[]): void {
+    e.state = 'translating'
+    if (e.aborted) return this.#complete(e, Status.ABORTED)
+    const d = e.desc
+    const opcode = d[DESC.OPCODE]
+    const st = validateDescriptor(this.#peek(d), this.limits, { inBatch: e.parent !== undefined })
+    if (st !== 0) return this.#complete(e, st)
+    if (opcode === Opcode.DRAIN) {
+      this.#drains.push(e)
+      this.#checkDrains(e.ctx)
+      return
+    }
+    if (opcode === Opcode.BATCH) return this.#startBatch(e, jobs)
+    const job = this.#translate(e)
+    if (job === 'async') {
+      // A page request that throws must still answer the descriptor.
+      this.#translateBlocking(e).catch(() => this.#complete(e, Status.ABORTED))
+      return
+    }
+    if (job !== undefined) this.#run(e, job, jobs)
+  }
+
+  /** The fields validateDescriptor looks at, read in place. */
+  #peek (d: Uint8Array): Parameters<typeof validateDescriptor>[0] {
+    return {
+      opcode: d[DESC.OPCODE],
+      flags: d[DESC.FLAGS],
+      reserved: d[DESC.RESERVED] | (d[DESC.RESERVED + 1] << 8),
+      pasid: 0,
+      completionAddr: readAddr(d, DESC.COMPLETION_ADDR),
+      src: 0,
+      dst: 0,
+      size: readU32(d, DESC.SIZE),
+      dstSize: readU32(d, DESC.DST_SIZE),
+      tag: 0n,
+      opArgs: d.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16)
+    }
+  }
+
+  #run (e: Entry, job: PoolJob, jobs: PoolJob[]): void {
+    e.state = 'running'
+    const access = e.access as DeviceAccess
+    access.state = 'running'
+    access.wait = () => { this.pool.waitJob(e.id) }
+    this.#running.set(e.id, e)
+    jobs.push(job)
+  }
+
+  /**
+   * Translates the descriptor's buffers, holding every frame it reaches. Answers the
+   * engine job, undefined when the descriptor already completed (a fault with no work to
+   * do), or 'async' when a BLOCK_ON_FAULT page request is needed.
+   */
+  #translate (e: Entry): PoolJob | undefined | 'async' {
+    const d = e.desc
+    const opcode = d[DESC.OPCODE]
+    const flags = d[DESC.FLAGS]
+    const size = readU32(d, DESC.SIZE)
+    const dstSize = readU32(d, DESC.DST_SIZE)
+    const src = readAddr(d, DESC.SRC)
+    const dst = readAddr(d, DESC.DST)
+    e.access?.release()
+    const access = this.iommu.beginAccess(e.ctx)
+    e.access = access
+    e.srcFault = undefined
+    e.dstFaultCode = 0
+    const job: PoolJob = {
+      id: e.id,
+      opcode,
+      flags,
+      size,
+      dstSize,
+      args: d.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16),
+      src: EMPTY,
+      dst: EMPTY
+    }
+    if (opcode === Opcode.NOOP) return job
+    const blocking = (flags & Flag.BLOCK_ON_FAULT) !== 0
+    // Streaming ops run the prefix before a source fault; the others need all their input.
+    const streaming = opcode === Opcode.MEMMOVE || opcode === Opcode.COMPARE || opcode === Opcode.CRC32
+    const hold = (va: number, len: number, write: boolean): { sg: Sg, done: number, code: number } => {
+      const frames: number[] = []
+      const r = this.iommu.holdRange(this.iotlb, access, va, len, write, frames)
+      return { sg: regionSg(frames, va, r.done), done: r.done, code: r.code }
+    }
+    const fail = (va: number, write: boolean, code: number, done: number): undefined | 'async' => {
+      if (blocking && code !== Xlate.NO_MAPPING) return 'async'
+      this.#fault(e, va, write, code, done)
+      return undefined
+    }
+    if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
+      const ka = keyAddr(job.args)
+      const k = hold(ka, AES_KEY_SIZE, false)
+      if (k.code < 0) return fail(ka + k.done, false, k.code, 0)
+      const ia = ivAddr(job.args)
+      const iv = hold(ia, AES_IV_SIZE, false)
+      if (iv.code < 0) return fail(ia + iv.done, false, iv.code, 0)
+      job.key = k.sg
+      job.iv = iv.sg
+    }
+    if (opcode !== Opcode.FILL) {
+      const s = hold(src, size, false)
+      job.src = s.sg
+      if (s.code < 0) {
+        if (blocking && s.code !== Xlate.NO_MAPPING) return 'async'
+        if (!streaming || s.done === 0) return fail(src + s.done, false, s.code, 0)
+        e.srcFault = { addr: src + s.done, info: s.code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done: s.done }
+        job.size = s.done
+      }
+    }
+    let dlen = 0
+    let dwrite = true
+    switch (opcode) {
+      case Opcode.MEMMOVE: case Opcode.FILL: dlen = job.size; break
+      case Opcode.COMPARE: dlen = job.size; dwrite = false; break
+      case Opcode.SHA256: dlen = SHA256_SIZE; break
+      case Opcode.DEFLATE: dlen = Math.min(dstSize, deflateBound(size)); break
+      case Opcode.INFLATE: dlen = Math.min(dstSize, this.config.maxTransferSize); break
+      case Opcode.ENCRYPT: dlen = Math.min(dstSize, size + AES_TAG_SIZE); break
+      case Opcode.DECRYPT: dlen = Math.min(dstSize, size - AES_TAG_SIZE); break
+    }
+    if (dlen > 0) {
+      const r = hold(dst, dlen, dwrite)
+      job.dst = r.sg
+      if (r.code < 0) {
+        if (blocking && r.code !== Xlate.NO_MAPPING) return 'async'
+        if (!dwrite) {
+          // COMPARE's second source: like a source fault
+          if (r.done === 0) return fail(dst, false, r.code, 0)
+          e.srcFault = { addr: dst + r.done, info: r.code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done: r.done }
+          job.size = r.done
+        } else {
+          // The engine finds whether the output reaches the fault; remember what it was.
+          e.dstFaultCode = r.code
+        }
+      }
+    }
+    return job
+  }
+
+  /** BLOCK_ON_FAULT: page requests until the buffers translate, then the engine. */
+  async #translateBlocking (e: Entry): Promise<void> {
+    for (let i = 0; i < MAX_PAGE_REQUESTS; i++) {
+      const fault = this.#firstFault(e)
+      e.access?.release()
+      if (fault === undefined) break
+      const served = await this.iommu.pageRequest(e.ctx, fault.va, fault.write)
+      this.iommu.reportFault(e.ctx, fault.va, fault.write, fault.code, this.id, served)
+      if (e.aborted || this.#closed) return this.#complete(e, Status.ABORTED)
+      if (!served) {
+        this.#fault(e, fault.va, fault.write, fault.code, 0, false)
+        return
+      }
+    }
+    const job = this.#translate(e)
+    if (job === 'async') {
+      // still faulting after the page requests: report instead of spinning
+      const fault = this.#firstFault(e)
+      e.access?.release()
+      if (fault !== undefined) this.#fault(e, fault.va, fault.write, fault.code, 0)
+      else this.#complete(e, Status.ABORTED)
+      return
+    }
+    if (job === undefined) return
+    const jobs: PoolJob[] = []
+    this.#run(e, job, jobs)
+    this.#submitJobs(jobs)
+  }
+
+  /** Walks the descriptor's buffers and answers the first untranslatable page. */
+  #firstFault (e: Entry): { va: number, write: boolean, code: number } | undefined {
+    const d = e.desc
+    const opcode = d[DESC.OPCODE]
+    const size = readU32(d, DESC.SIZE)
+    const dstSize = readU32(d, DESC.DST_SIZE)
+    const regions: Array<[number, number, boolean]> = []
+    if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
+      const args = d.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16)
+      regions.push([keyAddr(args), AES_KEY_SIZE, false], [ivAddr(args), AES_IV_SIZE, false])
+    }
+    if (opcode !== Opcode.FILL) regions.push([readAddr(d, DESC.SRC), size, false])
+    const dst = readAddr(d, DESC.DST)
+    switch (opcode) {
+      case Opcode.MEMMOVE: case Opcode.FILL: regions.push([dst, size, true]); break
+      case Opcode.COMPARE: regions.push([dst, size, false]); break
+      case Opcode.SHA256: regions.push([dst, SHA256_SIZE, true]); break
+      case Opcode.DEFLATE: regions.push([dst, Math.min(dstSize, deflateBound(size)), true]); break
+      case Opcode.INFLATE: regions.push([dst, Math.min(dstSize, this.config.maxTransferSize), true]); break
+      case Opcode.ENCRYPT: regions.push([dst, Math.min(dstSize, size + AES_TAG_SIZE), true]); break
+      case Opcode.DECRYPT: regions.push([dst, Math.min(dstSize, size - AES_TAG_SIZE), true]); break
+    }
+    for (const [va, len, write] of regions) {
+      for (let off = 0; off < len;) {
+        const code = this.iotlb.translate(e.ctx, va + off, write)
+        if (code < 0) return { va: va + off, write, code }
+        off += PAGE_SIZE - ((va + off) % PAGE_SIZE)
+      }
+    }
+    return undefined
+  }
+
+  /** Completes PAGE_FAULT and counts it against the queue (isolation). */
+  #fault (e: Entry, va: number, write: boolean, code: number, done: number, report = true): void {
+    if (report) this.iommu.reportFault(e.ctx, va, write, code, this.id, false)
+    const info = (write ? FaultInfo.WRITE : 0) | (code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
+    this.#complete(e, Status.PAGE_FAULT, 0, info, done, va, 0)
+  }
+
+  #startBatch (e: Entry, jobs: PoolJob[]): void {
+    const count = readU32(e.desc, DESC.SIZE)
+    const src = readAddr(e.desc, DESC.SRC)
+    const access = this.iommu.beginAccess(e.ctx)
+    e.access = access
+    const frames: number[] = []
+    const r = this.iommu.holdRange(this.iotlb, access, src, count * DESC_SIZE, false, frames)
+    if (r.code < 0) {
+      access.release()
+      e.access = undefined
+      return this.#fault(e, src + r.done, false, r.code, 0)
+    }
+    // The device reads the whole array once, into its own memory.
+    const members = new Uint8Array(count * DESC_SIZE)
+    const sg = regionSg(frames, src, count * DESC_SIZE)
+    let off = 0
+    for (let i = 0; i < sg.addrs.length; i++) {
+      members.set(this.mem.bytes.subarray(sg.addrs[i], sg.addrs[i] + sg.lens[i]), off)
+      off += sg.lens[i]
+    }
+    access.release()
+    e.access = undefined
+    e.state = 'running'
+    e.children = count
+    const port = e.port
+    for (let i = 0; i < count; i++) {
+      const desc = members.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE)
+      writeU32(desc, DESC.PASID, port.pasid)
+      const child = this.#newEntry(e.queue, port, desc, -1, undefined, e)
+      this.#start(child, jobs)
+    }
+  }
+
+  // --- completion ---
+
+  #onEngine (id: number, r: EngineResult): void {
+    const e = this.#running.get(id)
+    if (e === undefined) return
+    this.#running.delete(id)
+    // The engine is done with the frames: a notifier waiting on this access may go on.
+    e.access?.release()
+    e.access = undefined
+    this.#finished.push([e, r])
+    if (!this.#finishScheduled) {
+      this.#finishScheduled = true
+      // Not from inside a notifier's wait: records and new work wait for the current change.
+      queueMicrotask(() => this.#finishAll())
+    }
+  }
+
+  #finishAll (): void {
+    this.#finishScheduled = false
+    const done = this.#finished.splice(0)
+    for (const [e, r] of done) {
+      const d = e.desc
+      if (r.status === Status.PAGE_FAULT && e.dstFaultCode < 0) {
+        const va = readAddr(d, DESC.DST) + r.value
+        this.iommu.reportFault(e.ctx, va, true, e.dstFaultCode, this.id, false)
+        const info = FaultInfo.WRITE | (e.dstFaultCode === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
+        this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, va, 0)
+      } else if (e.srcFault !== undefined && r.status === Status.SUCCESS && !(d[DESC.OPCODE] === Opcode.COMPARE && r.result === 1)) {
+        const f = e.srcFault
+        this.iommu.reportFault(e.ctx, f.addr, false, f.info !== 0 ? Xlate.NO_MAPPING : Xlate.NOT_PRESENT, this.id, false)
+        this.#complete(e, Status.PAGE_FAULT, 0, f.info, f.done, f.addr, r.value)
+      } else {
+        const bytes = d[DESC.OPCODE] === Opcode.FILL ? readU32(d, DESC.SIZE) : r.bytesCompleted
+        this.#complete(e, r.status, r.result, 0, bytes, 0, r.value)
+      }
+    }
+    this.#pump()
+  }
+
+  /** The one completion of an entry: record to memory if asked, the port, the batch, drains. */
+  #complete (e: Entry, status: number, result = 0, faultInfo = 0, bytesCompleted = 0, faultAddr = 0, value = 0): void {
+    if (e.state === 'done') return
+    if (e.aborted && status !== Status.ABORTED) {
+      status = Status.ABORTED
+      result = faultInfo = faultAddr = value = 0
+    }
+    e.state = 'done'
+    e.access?.release()
+    e.access = undefined
+    const d = e.desc
+    const record = new Uint8Array(CR_SIZE)
+    record[CR.RESULT] = result
+    record[CR.FAULT_INFO] = faultInfo
+    writeU32(record, CR.BYTES_COMPLETED, bytesCompleted)
+    writeU64(record, CR.FAULT_ADDR, faultAddr)
+    record.set(d.subarray(DESC.TAG, DESC.TAG + 8), CR.TAG)
+    writeU64(record, CR.VALUE, value)
+    record[CR.STATUS] = status
+    const flags = d[DESC.FLAGS]
+    const q = e.queue
+    const parent = e.parent
+    const token = e.token
+    const port = e.port
+    const write = (flags & Flag.COMPLETION_RECORD) !== 0 ? readAddr(d, DESC.COMPLETION_ADDR) : 0
+    // The ring slot (and so `d`) is free once the entry is retired.
+    this.#retire(e)
+    if (status === Status.PAGE_FAULT && q.recordFault(Date.now(), this.config.isolateStrategy.faults, this.config.isolateStrategy.windowMs)) {
+      q.setState(QueueState.ISOLATED, `more than ${this.config.isolateStrategy.faults} faults in ${this.config.isolateStrategy.windowMs} ms`)
+    }
+    if (status === Status.SUCCESS) q.counters.bytes += bytesCompleted
+    if (status === Status.ABORTED) q.counters.aborted++
+    this.observer?.(q, port, status, d[DESC.OPCODE], bytesCompleted, (performance.now() - e.t0) * 1e6)
+    const deliver = (): void => {
+      if (typeof token === 'function') (token as CompletionCallback)(record)
+      else if (!port.closed) port.listener.completion(record, flags)
+      if (parent !== undefined) {
+        if (status !== Status.SUCCESS) parent.failedChildren++
+        if (--parent.children === 0) {
+          const failed = parent.failedChildren
+          this.#complete(parent, failed === 0 ? Status.SUCCESS : Status.BATCH_FAILED, 0, 0, 0, 0, failed)
+        }
+      }
+    }
+    if (write !== 0) this.#writeRecord(e.ctx, write, record, deliver)
+    else deliver()
+  }
+
+  #retire (e: Entry): void {
+    const q = e.queue
+    if (e.parent === undefined) {
+      q.outstanding.delete(e)
+      q.freeSlot(e.slot)
+      q.counters.completed++
+    }
+    const set = this.#byCtx.get(e.ctx)
+    if (set !== undefined) {
+      set.delete(e)
+      if (set.size === 0) this.#byCtx.delete(e.ctx)
+    }
+    this.#outstanding--
+    if (this.#drains.length > 0) this.#checkDrains(e.ctx)
+    if (this.#outstanding === 0) for (const w of this.#idleWaiters.splice(0)) w()
+  }
+
+  /** A DRAIN completes once nothing accepted before it under its PASID is outstanding. */
+  #checkDrains (ctx: number): void {
+    for (let i = 0; i < this.#drains.length; i++) {
+      const dr = this.#drains[i]
+      if (dr.ctx !== ctx) continue
+      const oldest = this.#byCtx.get(ctx)?.values().next().value
+      if (oldest === dr || dr.aborted) {
+        this.#drains.splice(i, 1)
+        this.#complete(dr, dr.aborted ? Status.ABORTED : Status.SUCCESS)
+        return
+      }
+    }
+  }
+
+  /** Body first, status byte last (PROTOCOL.md section 2), then the port hears of it. */
+  #writeRecord (ctx: number, va: number, record: Uint8Array, then: () => void): void {
+    const put = (): boolean => {
+      const frame = this.iotlb.translate(ctx, va, true)
+      if (frame < 0) return false
+      const at = frame * PAGE_SIZE + (va % PAGE_SIZE)
+      const bytes = this.mem.bytes
+      bytes[at + CR.STATUS] = 0
+      bytes.set(record.subarray(1), at + 1)
+      bytes[at + CR.STATUS] = record[CR.STATUS]
+      return true
+    }
+    if (put()) return then()
+    const code = this.iotlb.translate(ctx, va, true)
+    if (code === Xlate.NO_MAPPING) {
+      this.iommu.reportFault(ctx, va, true, code, this.id, false)
+      return then()
+    }
+    const served = this.iommu.pageRequest(ctx, va, true)
+    const after = (ok: boolean): void => {
+      if (!ok || !put()) this.iommu.reportFault(ctx, va, true, code, this.id, ok)
+      then()
+    }
+    served.then(after, () => after(false)).catch(() => {})
+  }
+
+  // --- resets, releases, isolation ---
+
+  /** Aborts everything of the queue that has not completed; `release` frees it for reuse. */
+  #abortQueue (q: HwQueue): void {
+    this.#markAborted(e => e.queue === q)
+    for (const e of q.takeAllPending()) this.#complete(e, Status.ABORTED)
+    for (const dr of [...this.#drains]) if (dr.aborted) this.#checkDrains(dr.ctx)
+    this.#stalled.splice(0, this.#stalled.length, ...this.#stalled.filter(j => {
+      const e = this.#running.get(j.id)
+      if (e === undefined || e.queue !== q) return true
+      this.#running.delete(j.id)
+      this.#complete(e, Status.ABORTED)
+      return false
+    }))
+  }
+
+  /** Device reset: every descriptor in flight completes ABORTED; the queues come back running. */
+  reset (reason = 'device reset'): void {
+    for (const q of this.queues) q.setState(QueueState.RESETTING, reason)
+    for (const q of this.queues) this.#abortQueue(q)
+    this.iotlb.flushAll()
+    for (const q of this.queues) {
+      q.faultTimes.length = 0
+      q.setState(QueueState.RUNNING, 'reset complete')
+    }
+  }
+
+  /** A queue's release: its work is aborted, its ports closed, and it is free again. */
+  releaseQueue (q: HwQueue, reason = 'queue released'): void {
+    q.setState(QueueState.RELEASED, reason)
+    this.#abortQueue(q)
+    for (const port of [...q.ports]) port.close()
+    if (q.mode !== 'shared') q.allocated = false
+    q.faultTimes.length = 0
+    q.state = QueueState.RUNNING
+    q.stateReason = ''
+  }
+
+  /** Aborts the work one port submitted (its process exits, or it leaves a shared queue). */
+  abortPort (port: QueuePort): void {
+    const q = port.queue
+    this.#markAborted(e => e.port === port)
+    for (const e of q.takeAllPending()) {
+      if (e.port === port) this.#complete(e, Status.ABORTED)
+      else q.enqueue(e)
+    }
+    for (const dr of [...this.#drains]) if (dr.aborted) this.#checkDrains(dr.ctx)
+  }
+
+  /** Flags every outstanding entry (batch members and descriptors awaiting page requests too). */
+  #markAborted (match: (e: Entry) => boolean): void {
+    for (const set of this.#byCtx.values()) for (const e of set) if (match(e)) e.aborted = true
+  }
+
+  isolate (q: HwQueue, reason: string): void {
+    q.setState(QueueState.ISOLATED, reason)
+  }
+
+  /** Fault injection (admin): counts `n` faults against the queue, as if descriptors had faulted. */
+  injectFaults (q: HwQueue, n: number): void {
+    const { faults, windowMs } = this.config.isolateStrategy
+    for (let i = 0; i < n; i++) {
+      if (q.recordFault(Date.now(), faults, windowMs)) q.setState(QueueState.ISOLATED, `more than ${faults} faults in ${windowMs} ms (injected)`)
+    }
+  }
+
+  clearIsolation (q: HwQueue): boolean {
+    if (q.state !== QueueState.ISOLATED) return false
+    q.faultTimes.length = 0
+    q.setState(QueueState.RUNNING, 'isolation cleared')
+    this.#pump()
+    return true
+  }
+
+  /** Resolves when nothing accepted is outstanding. */
+  async drain (): Promise<void> {
+    if (this.#outstanding === 0) return
+    await new Promise<void>(resolve => this.#idleWaiters.push(resolve))
+  }
+
+  /** Stops accepting, drains, then stops the engines. */
+  async close (): Promise<void> {
+    if (this.#closed) return
+    for (const q of this.queues) q.setState(QueueState.RELEASED, 'device shutting down')
+    await this.drain()
+    this.#closed = true
+    await this.pool.close()
+  }
+
+  opcodeName (code: number): string {
+    return opcodeName(code) ?? `0x${code.toString(16)}`
+  }
+}

@@ -1,0 +1,643 @@
+/**
+ * The device's engines: worker threads fed through shared-memory rings, the way a DSA or
+ * QAT engine is fed through descriptor rings and answers through completion rings
+ * (DESIGN.md "Performance shape": batches through rings, not one postMessage per job).
+ *
+ * Per worker, two SharedArrayBuffers besides physical memory:
+ * - the submission ring: variable-length entries of 32-bit words (a header, then the
+ *   src/dst/key/iv segments, adjacent physical segments merged). The main thread writes
+ *   a whole batch, publishes the tail once, rings the doorbell word once.
+ * - the completion ring: fixed 32-byte entries (job id + EngineResult) in submission
+ *   order. The worker publishes each and notifies once per drained batch; the main thread
+ *   hears it through Atomics.waitAsync (its event loop never blocks) or, in waitJob,
+ *   through a synchronous Atomics.wait.
+ *
+ * Positions are free-running 32-bit counters (words for submissions, entries for
+ * completions) over power-of-two rings, so `tail - head` is the occupancy even across
+ * the 2**32 wrap. The completion ring never overflows because the main thread keeps at
+ * most `maxInflight` jobs (its entry count) outstanding per worker.
+ *
+ * Backpressure: `submit` accepts a prefix of the jobs it is given and returns its length;
+ * the caller keeps the rest and may retry from `onSpace`. A job id must be unique among
+ * the jobs in flight (any non-negative safe integer).
+ *
+ * Liveness: an idle, started pool does not hold the process open (its workers are
+ * unref'd, and a pending Atomics.waitAsync holds nothing); a worker is ref'd while it
+ * starts and while it has jobs in flight, so awaiting ready() or a completion keeps the
+ * process alive. A worker that dies completes its outstanding jobs with ABORTED, so
+ * every job still completes exactly once.
+ */
+import { extname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Worker } from 'node:worker_threads'
+import { Status, readU32 } from './descriptor.ts'
+import type { EngineJob, EngineResult, Sg } from './engine-ops.ts'
+import type { PhysMem } from './phys-mem.ts'
+
+// Ring layout, shared with engine-worker.ts. Words written by the worker and words written
+// by the main thread sit on different 64-byte lines.
+export const RING_HEADER_BYTES = 128
+export const SQ = {
+  /** worker: words consumed */
+  HEAD: 0,
+  /** worker: WorkerState */
+  STATE: 1,
+  /** main: words published */
+  TAIL: 16,
+  /** main: bumped after every publish and on stop; the word the worker sleeps on */
+  DOORBELL: 17,
+  /** main: 1 asks the worker to exit once the ring is empty */
+  STOP: 18
+} as const
+export const CQ = {
+  /** worker: entries published */
+  TAIL: 0,
+  /** main: entries consumed (informational: maxInflight already bounds the ring) */
+  HEAD: 16
+} as const
+export const WorkerState = { STARTING: 0, RUNNING: 1, EXITED: 2 } as const
+
+/** Submission entry header, in words; then 3 words (addr lo, addr hi, len) per segment. */
+export const SE = {
+  WORDS: 0,
+  ID_LO: 1,
+  ID_HI: 2,
+  OP_FLAGS: 3,
+  SIZE: 4,
+  DST_SIZE: 5,
+  ARGS: 6,
+  NSRC: 10,
+  NDST: 11,
+  NKEY: 12,
+  NIV: 13,
+  HEADER_WORDS: 14,
+  SEG_WORDS: 3
+} as const
+
+/** Completion entry, in words. */
+export const CE = {
+  ID_LO: 0,
+  ID_HI: 1,
+  STATUS_RESULT: 2,
+  BYTES_COMPLETED: 3,
+  VALUE_LO: 4,
+  VALUE_HI: 5,
+  WORDS: 8
+} as const
+
+export const DEFAULT_RING_BYTES = 1 << 20
+export const DEFAULT_MAX_INFLIGHT = 4096
+const TWO_32 = 2 ** 32
+/** load a job adds beyond its bytes, so many tiny jobs still spread */
+const JOB_COST = 512
+/** how long waitJob sleeps before checking the worker is still alive */
+const WAIT_SLICE_MS = 100
+
+export type PoolJob = EngineJob & { id: number }
+export type CompleteFn = (jobId: number, result: EngineResult) => void
+
+export interface EnginePoolOptions {
+  mem: PhysMem | SharedArrayBuffer
+  workers: number
+  /** submission ring data bytes per worker, a power of two >= 4096 (default 1 MiB) */
+  ringBytes?: number
+  /** jobs outstanding per worker; sizes the completion ring (rounded up to a power of two) */
+  maxInflight?: number
+  onComplete?: CompleteFn
+  /** where the free-running ring positions start; tests set it near 2**31 to cross the wrap */
+  ringStart?: number
+}
+
+export interface WorkerStats {
+  submitted: number
+  completed: number
+  inflight: number
+  /** submissions published: one doorbell each */
+  batches: number
+  /** jobs the engine threw on (a caller bug), completed ABORTED */
+  errors: number
+  alive: boolean
+}
+
+export interface PoolStats {
+  submitted: number
+  completed: number
+  inflight: number
+  batches: number
+  errors: number
+  workers: WorkerStats[]
+}
+
+/** FIFO of the jobs a worker holds, in submission order (its completion order). */
+class Fifo {
+  ids: number[] = []
+  costs: number[] = []
+  head = 0
+  get length (): number { return this.ids.length - this.head }
+  push (id: number, cost: number): void {
+    this.ids.push(id)
+    this.costs.push(cost)
+  }
+
+  shift (): [number, number] {
+    const r: [number, number] = [this.ids[this.head], this.costs[this.head]]
+    this.head++
+    if (this.head > 1024 && this.head * 2 > this.ids.length) {
+      this.ids = this.ids.slice(this.head)
+      this.costs = this.costs.slice(this.head)
+      this.head = 0
+    }
+    return r
+  }
+}
+
+interface Lane {
+  index: number
+  worker: Worker
+  sqh: Int32Array
+  sqd: Uint32Array
+  sqMask: number
+  /** words written, published or not */
+  sqTail: number
+  sqPublished: number
+  cqh: Int32Array
+  cqd: Uint32Array
+  cqMask: number
+  cqHead: number
+  fifo: Fifo
+  load: number
+  alive: boolean
+  armed: boolean
+  ready: boolean
+  submitted: number
+  completed: number
+  batches: number
+  errors: number
+}
+
+function isPow2 (n: number): boolean {
+  return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0
+}
+
+function mergedCount (sg: Sg | undefined): number {
+  if (sg === undefined) return 0
+  let n = 0
+  let end = -1
+  for (let i = 0; i < sg.lens.length; i++) {
+    const l = sg.lens[i]
+    if (l === 0) continue
+    if (sg.addrs[i] !== end) n++
+    end = sg.addrs[i] + l
+  }
+  return n
+}
+
+export function entryWords (job: EngineJob): number {
+  return SE.HEADER_WORDS + SE.SEG_WORDS *
+    (mergedCount(job.src) + mergedCount(job.dst) + mergedCount(job.key) + mergedCount(job.iv))
+}
+
+/**
+ * The worker entry is our sibling with our own extension: .js once compiled, .ts under
+ * tsx. On Node 20, tsx's --import hooks register in the main thread only (its
+ * isMainThread guard; workers inherit them from Node 22.22 on), so a .ts engine starts
+ * from a two-line bootstrap that registers tsx's loader through its API, then imports it.
+ */
+function workerSpawner (): (data: unknown, name: string) => Worker {
+  const here = fileURLToPath(import.meta.url)
+  const ext = extname(here)
+  const entry = new URL('./engine-worker' + ext, import.meta.url)
+  if (ext !== '.ts') return (workerData, name) => new Worker(entry, { workerData, name })
+  const api = import.meta.resolve('tsx/esm/api')
+  const boot = `import(${JSON.stringify(api)}).then(m => { m.register(); return import(${JSON.stringify(entry.href)}) })`
+  return (workerData, name) => new Worker(boot, { eval: true, workerData, name })
+}
+
+/**
+ * Keeps the event loop alive until `p` settles. A worker stopped while still starting up
+ * does not hold the loop until its 'exit' arrives (seen on Node 20), so a process
+ * awaiting terminate() could otherwise end first.
+ */
+async function held<T> (p: Promise<T>): Promise<T> {
+  const hold = setInterval(() => {}, 2 ** 31 - 1)
+  try {
+    return await p
+  } finally {
+    clearInterval(hold)
+  }
+}
+
+type AsyncWait = (a: Int32Array, i: number, v: number) =>
+  { async: false, value: 'not-equal' | 'timed-out' } | { async: true, value: Promise<'ok' | 'timed-out'> }
+// Node 20 has Atomics.waitAsync; the ES2023 lib this project compiles against does not declare it.
+const waitAsync = (Atomics as unknown as { waitAsync: AsyncWait }).waitAsync
+
+export class EnginePool {
+  onComplete: CompleteFn
+  /** called after completions free room, when a submit since the last call was cut short */
+  onSpace?: () => void
+  /** called when an engine reports a job it threw on, or a worker dies */
+  onError?: (message: string, jobId?: number) => void
+  readonly workers: number
+  readonly maxInflight: number
+  readonly ringBytes: number
+  readonly #lanes: Lane[] = []
+  readonly #where = new Map<number, Lane>()
+  #rr = 0
+  #short = false
+  #closing: Promise<void> | undefined
+  #closed = false
+  #idle: (() => void) | undefined
+  readonly #ready: Promise<void>
+
+  constructor (opts: EnginePoolOptions) {
+    const mem = opts.mem instanceof SharedArrayBuffer ? opts.mem : opts.mem.sab
+    if (!Number.isSafeInteger(opts.workers) || opts.workers < 1) throw new RangeError('workers must be >= 1')
+    this.ringBytes = opts.ringBytes ?? DEFAULT_RING_BYTES
+    if (!isPow2(this.ringBytes) || this.ringBytes < 4096) throw new RangeError('ringBytes must be a power of two >= 4096')
+    const want = opts.maxInflight ?? DEFAULT_MAX_INFLIGHT
+    if (!Number.isSafeInteger(want) || want < 1) throw new RangeError('maxInflight must be >= 1')
+    this.maxInflight = want
+    const cqEntries = 2 ** Math.ceil(Math.log2(want))
+    this.workers = opts.workers
+    this.onComplete = opts.onComplete ?? (() => {})
+    const start = (opts.ringStart ?? 0) | 0
+    const spawn = workerSpawner()
+    const readies: Promise<void>[] = []
+    for (let i = 0; i < opts.workers; i++) {
+      const sq = new SharedArrayBuffer(RING_HEADER_BYTES + this.ringBytes)
+      const cq = new SharedArrayBuffer(RING_HEADER_BYTES + cqEntries * CE.WORDS * 4)
+      const sqh = new Int32Array(sq, 0, RING_HEADER_BYTES / 4)
+      const cqh = new Int32Array(cq, 0, RING_HEADER_BYTES / 4)
+      // before the worker exists, so it starts from the same positions
+      sqh[SQ.HEAD] = sqh[SQ.TAIL] = cqh[CQ.TAIL] = cqh[CQ.HEAD] = start
+      const worker = spawn({ mem, sq, cq, index: i }, `engine-${i}`)
+      const lane: Lane = {
+        index: i,
+        worker,
+        sqh,
+        sqd: new Uint32Array(sq, RING_HEADER_BYTES),
+        sqMask: this.ringBytes / 4 - 1,
+        sqTail: start,
+        sqPublished: start,
+        cqh,
+        cqd: new Uint32Array(cq, RING_HEADER_BYTES),
+        cqMask: cqEntries - 1,
+        cqHead: start,
+        fifo: new Fifo(),
+        load: 0,
+        alive: true,
+        armed: false,
+        ready: false,
+        submitted: 0,
+        completed: 0,
+        batches: 0,
+        errors: 0
+      }
+      this.#lanes.push(lane)
+      readies.push(new Promise((resolve, reject) => {
+        worker.on('message', (m: { type: string, id?: number, message?: string }) => {
+          if (m.type === 'ready') {
+            lane.ready = true
+            this.#updateRef(lane)
+            resolve()
+          } else if (m.type === 'error') {
+            lane.errors++
+            this.onError?.(m.message ?? 'engine error', m.id)
+          }
+        })
+        worker.on('error', (e) => {
+          reject(e)
+          this.#fail(lane, `engine ${i} failed: ${e.message}`)
+        })
+        worker.on('exit', (code) => {
+          const msg = `engine ${i} exited with code ${code}`
+          reject(new Error(msg))
+          if (!this.#closed) this.#fail(lane, msg)
+        })
+      }))
+      this.#arm(lane)
+    }
+    this.#ready = Promise.all(readies).then(() => {})
+    // a worker that fails to start rejects ready(); that is reported there and through onError
+    this.#ready.catch(() => {})
+  }
+
+  /** Resolves once every worker has loaded and entered its loop. Submitting earlier is fine. */
+  ready (): Promise<void> {
+    return this.#ready
+  }
+
+  get inflight (): number {
+    return this.#where.size
+  }
+
+  /** Is this job submitted and not yet delivered to onComplete? */
+  has (jobId: number): boolean {
+    return this.#where.has(jobId)
+  }
+
+  /**
+   * Queues jobs, to one worker or (without `worker`) each to the least-loaded worker.
+   * Returns how many were accepted: always a prefix of `jobs`. One doorbell per worker
+   * touched. Throws for a duplicate id, a job larger than the ring, or a closed pool.
+   */
+  submit (jobs: PoolJob | readonly PoolJob[]): number
+  submit (worker: number, jobs: PoolJob | readonly PoolJob[]): number
+  submit (a: number | PoolJob | readonly PoolJob[], b?: PoolJob | readonly PoolJob[]): number {
+    if (this.#closing !== undefined) throw new Error('engine pool is closed')
+    const pinned = typeof a === 'number' ? a : undefined
+    const arg = typeof a === 'number' ? b : a
+    if (arg === undefined) return 0
+    const jobs: readonly PoolJob[] = Array.isArray(arg) ? arg : [arg as PoolJob]
+    if (pinned !== undefined && this.#lanes[pinned] === undefined) throw new RangeError(`no engine ${pinned}`)
+    // every check before any job is queued, so a throw leaves nothing half-submitted
+    const words = new Array<number>(jobs.length)
+    const batchIds = jobs.length > 1 ? new Set<number>() : undefined
+    for (let k = 0; k < jobs.length; k++) {
+      const id = jobs[k].id
+      if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`bad job id ${id}`)
+      if (this.#where.has(id) || batchIds?.has(id) === true) throw new Error(`job ${id} is already in flight`)
+      batchIds?.add(id)
+      words[k] = entryWords(jobs[k])
+      if (words[k] > this.ringBytes / 4) throw new RangeError(`job ${id} needs ${words[k] * 4} ring bytes, the ring has ${this.ringBytes}`)
+    }
+    const touched = new Set<Lane>()
+    let accepted = 0
+    for (let k = 0; k < jobs.length; k++) {
+      const lane = pinned !== undefined
+        ? this.#append(this.#lanes[pinned], jobs[k], words[k])
+        : this.#appendLeastLoaded(jobs[k], words[k])
+      if (lane === undefined) break
+      touched.add(lane)
+      accepted++
+    }
+    for (const lane of touched) this.#publish(lane)
+    if (accepted < jobs.length) this.#short = true
+    return accepted
+  }
+
+  #appendLeastLoaded (job: PoolJob, words: number): Lane | undefined {
+    const n = this.#lanes.length
+    // least load first; the rotating start breaks ties round-robin
+    const start = this.#rr
+    this.#rr = (start + 1) % n
+    let best: Lane | undefined
+    for (let k = 0; k < n; k++) {
+      const lane = this.#lanes[(start + k) % n]
+      if (lane.alive && (best === undefined || lane.load < best.load)) best = lane
+    }
+    if (best === undefined) return undefined
+    if (this.#append(best, job, words) !== undefined) return best
+    // the least loaded is full: any other with room
+    for (const lane of this.#lanes) {
+      if (lane !== best && this.#append(lane, job, words) !== undefined) return lane
+    }
+    return undefined
+  }
+
+  #append (lane: Lane, job: PoolJob, words: number): Lane | undefined {
+    if (!lane.alive || lane.fifo.length >= this.maxInflight) return undefined
+    const cap = lane.sqMask + 1
+    const head = Atomics.load(lane.sqh, SQ.HEAD)
+    if (cap - ((lane.sqTail - head) >>> 0) < words) return undefined
+    const d = lane.sqd
+    const m = lane.sqMask
+    const base = lane.sqTail
+    let p = base + SE.HEADER_WORDS
+    const seg = (sg: Sg | undefined): number => {
+      if (sg === undefined) return 0
+      let n = 0
+      let end = -1
+      let lenAt = -1
+      for (let i = 0; i < sg.lens.length; i++) {
+        const l = sg.lens[i]
+        if (l === 0) continue
+        const addr = sg.addrs[i]
+        if (addr === end) {
+          d[lenAt & m] += l
+        } else {
+          d[p & m] = addr % TWO_32
+          d[(p + 1) & m] = Math.floor(addr / TWO_32)
+          d[(p + 2) & m] = l
+          lenAt = p + 2
+          p += SE.SEG_WORDS
+          n++
+        }
+        end = addr + l
+      }
+      return n
+    }
+    d[(base + SE.NSRC) & m] = seg(job.src)
+    d[(base + SE.NDST) & m] = seg(job.dst)
+    d[(base + SE.NKEY) & m] = seg(job.key)
+    d[(base + SE.NIV) & m] = seg(job.iv)
+    d[(base + SE.WORDS) & m] = words
+    d[(base + SE.ID_LO) & m] = job.id % TWO_32
+    d[(base + SE.ID_HI) & m] = Math.floor(job.id / TWO_32)
+    d[(base + SE.OP_FLAGS) & m] = (job.opcode & 0xFF) | ((job.flags & 0xFF) << 8)
+    d[(base + SE.SIZE) & m] = job.size
+    d[(base + SE.DST_SIZE) & m] = job.dstSize
+    for (let k = 0; k < 4; k++) d[(base + SE.ARGS + k) & m] = readU32(job.args, 4 * k)
+    lane.sqTail = (base + words) | 0
+    const cost = job.size + JOB_COST
+    lane.fifo.push(job.id, cost)
+    lane.load += cost
+    lane.submitted++
+    this.#where.set(job.id, lane)
+    if (lane.fifo.length === 1) this.#updateRef(lane)
+    return lane
+  }
+
+  /**
+   * A worker holds the process open while it starts (so awaiting ready() works) and while
+   * it has jobs in flight (so awaiting a completion does); an idle one never does.
+   */
+  #updateRef (lane: Lane): void {
+    if (lane.alive && (!lane.ready || lane.fifo.length > 0)) lane.worker.ref()
+    else lane.worker.unref()
+  }
+
+  #publish (lane: Lane): void {
+    if (lane.sqPublished === lane.sqTail) return
+    lane.sqPublished = lane.sqTail
+    Atomics.store(lane.sqh, SQ.TAIL, lane.sqTail)
+    Atomics.add(lane.sqh, SQ.DOORBELL, 1)
+    Atomics.notify(lane.sqh, SQ.DOORBELL)
+    lane.batches++
+  }
+
+  /**
+   * Delivers every completion the worker has published, in ring order. Re-entrant: a
+   * callback may submit or wait. Returns the result of `want` if it went by.
+   */
+  #drain (lane: Lane, want = -1): EngineResult | undefined {
+    let found: EngineResult | undefined
+    let delivered = 0
+    for (;;) {
+      const head = lane.cqHead
+      if (head === Atomics.load(lane.cqh, CQ.TAIL)) break
+      const d = lane.cqd
+      const at = (head & lane.cqMask) * CE.WORDS
+      const id = d[at + CE.ID_LO] + d[at + CE.ID_HI] * TWO_32
+      const sr = d[at + CE.STATUS_RESULT]
+      const r: EngineResult = {
+        status: sr & 0xFF,
+        result: (sr >>> 8) & 0xFF,
+        bytesCompleted: d[at + CE.BYTES_COMPLETED],
+        value: d[at + CE.VALUE_LO] + d[at + CE.VALUE_HI] * TWO_32
+      }
+      lane.cqHead = (head + 1) | 0
+      Atomics.store(lane.cqh, CQ.HEAD, lane.cqHead)
+      this.#retire(lane, id)
+      delivered++
+      if (id === want) found = r
+      this.#deliver(id, r)
+    }
+    if (delivered > 0) this.#afterDelivery()
+    return found
+  }
+
+  #retire (lane: Lane, id: number): void {
+    const [fid, cost] = lane.fifo.shift()
+    if (fid !== id) throw new Error(`engine ${lane.index} completed job ${id}, expected ${fid}`)
+    this.#where.delete(id)
+    lane.load -= cost
+    lane.completed++
+    if (lane.fifo.length === 0) this.#updateRef(lane)
+  }
+
+  #deliver (id: number, r: EngineResult): void {
+    try {
+      this.onComplete(id, r)
+    } catch (e) {
+      // the callback's bug must not stop the other deliveries; surface it uncaught
+      queueMicrotask(() => { throw e })
+    }
+  }
+
+  #afterDelivery (): void {
+    if (this.#where.size === 0 && this.#idle !== undefined) this.#idle()
+    if (this.#short && this.onSpace !== undefined && this.#closing === undefined) {
+      this.#short = false
+      this.onSpace()
+    }
+  }
+
+  /** Sleeps until the worker publishes past what was delivered, without blocking the loop. */
+  #arm (lane: Lane): void {
+    while (!lane.armed && !this.#closed) {
+      const r = waitAsync(lane.cqh, CQ.TAIL, lane.cqHead)
+      if (r.async) {
+        lane.armed = true
+        r.value.then(() => {
+          lane.armed = false
+          this.#drain(lane)
+          this.#arm(lane)
+        }, () => {})
+        return
+      }
+      this.#drain(lane)
+    }
+  }
+
+  /**
+   * Blocks the calling thread until `jobId` has completed, delivering every completion of
+   * its worker on the way (onComplete included), and returns its result; undefined when
+   * the job is not in flight, or when `timeoutMs` passes first. Workers never need the
+   * main thread to finish a job, so this cannot deadlock against them.
+   */
+  waitJob (jobId: number, timeoutMs = Infinity): EngineResult | undefined {
+    const lane = this.#where.get(jobId)
+    if (lane === undefined) return undefined
+    const deadline = performance.now() + timeoutMs
+    for (;;) {
+      const r = this.#drain(lane, jobId)
+      if (r !== undefined) return r
+      if (!this.#where.has(jobId)) return undefined // delivered by a re-entrant drain
+      if (Atomics.load(lane.sqh, SQ.STATE) === WorkerState.EXITED) {
+        // its exit event has not run yet (we hold the loop): finish its jobs now
+        return this.#fail(lane, `engine ${lane.index} exited`, jobId)
+      }
+      const left = deadline - performance.now()
+      if (left <= 0) return undefined
+      Atomics.wait(lane.cqh, CQ.TAIL, lane.cqHead, Math.min(left, WAIT_SLICE_MS))
+    }
+  }
+
+  /** A dead worker: deliver what it finished, then ABORTED for the rest, in order. */
+  #fail (lane: Lane, message: string, want = -1): EngineResult | undefined {
+    if (!lane.alive) return undefined
+    lane.alive = false
+    this.#updateRef(lane)
+    let found = this.#drain(lane, want)
+    this.onError?.(message)
+    let aborted = 0
+    while (lane.fifo.length > 0) {
+      const id = lane.fifo.ids[lane.fifo.head]
+      this.#retire(lane, id)
+      const r: EngineResult = { status: Status.ABORTED, result: 0, bytesCompleted: 0, value: 0 }
+      if (id === want) found = r
+      aborted++
+      this.#deliver(id, r)
+    }
+    if (aborted > 0) this.#afterDelivery()
+    return found
+  }
+
+  /**
+   * Fault injection: kills engine `worker` the way a crash would. What it had published
+   * is delivered; its other jobs complete ABORTED; later submits skip it.
+   */
+  async killWorker (worker: number): Promise<void> {
+    const lane = this.#lanes[worker]
+    if (lane === undefined) throw new RangeError(`no engine ${worker}`)
+    await held(lane.worker.terminate())
+    this.#fail(lane, `engine ${worker} killed`)
+  }
+
+  stats (): PoolStats {
+    const workers = this.#lanes.map(l => ({
+      submitted: l.submitted,
+      completed: l.completed,
+      inflight: l.fifo.length,
+      batches: l.batches,
+      errors: l.errors,
+      alive: l.alive
+    }))
+    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'errors'): number =>
+      workers.reduce((s, w) => s + w[k], 0)
+    return {
+      submitted: sum('submitted'),
+      completed: sum('completed'),
+      inflight: sum('inflight'),
+      batches: sum('batches'),
+      errors: sum('errors'),
+      workers
+    }
+  }
+
+  /**
+   * Refuses new jobs, waits until every job in flight has been delivered, then stops the
+   * workers. Idempotent.
+   */
+  close (): Promise<void> {
+    this.#closing ??= this.#close()
+    return this.#closing
+  }
+
+  async #close (): Promise<void> {
+    if (this.#where.size > 0) {
+      await new Promise<void>(resolve => { this.#idle = resolve })
+    }
+    this.#closed = true
+    await held(Promise.all(this.#lanes.map(async lane => {
+      Atomics.store(lane.sqh, SQ.STOP, 1)
+      Atomics.add(lane.sqh, SQ.DOORBELL, 1)
+      Atomics.notify(lane.sqh, SQ.DOORBELL)
+      // let a pending waitAsync settle rather than linger
+      Atomics.notify(lane.cqh, CQ.TAIL)
+      await lane.worker.terminate()
+    })))
+  }
+}

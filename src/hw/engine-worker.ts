@@ -1,0 +1,121 @@
+/**
+ * One engine: a worker thread that sleeps on its submission ring's doorbell word, drains
+ * every published entry, runs each through runOp on a view of physical memory, and
+ * appends its result to the completion ring, notifying once per drained batch (and
+ * along the way when the batch runs long). Ring layout and protocol: engine-pool.ts.
+ * The loop is synchronous by design: an engine never waits for the main thread, so the
+ * main thread may block on it (waitJob).
+ */
+import { parentPort, workerData } from 'node:worker_threads'
+import { Status } from './descriptor.ts'
+import { runOp, type EngineJob, type EngineResult, type Sg } from './engine-ops.ts'
+import { CE, CQ, RING_HEADER_BYTES, SE, SQ, WorkerState } from './engine-pool.ts'
+
+interface EngineWorkerData {
+  mem: SharedArrayBuffer
+  sq: SharedArrayBuffer
+  cq: SharedArrayBuffer
+  index: number
+}
+
+const TWO_32 = 2 ** 32
+/**
+ * A batch is announced once, at its end; but when it runs long, what is done is announced
+ * after this long, so a waiter (waitJob, an mmu notifier) is not held by later work.
+ */
+const NOTIFY_AFTER_MS = 1
+
+function main (data: EngineWorkerData): void {
+  const mem = new Uint8Array(data.mem)
+  const sqh = new Int32Array(data.sq, 0, RING_HEADER_BYTES / 4)
+  const sqd = new Uint32Array(data.sq, RING_HEADER_BYTES)
+  const sqMask = sqd.length - 1
+  const cqh = new Int32Array(data.cq, 0, RING_HEADER_BYTES / 4)
+  const cqd = new Uint32Array(data.cq, RING_HEADER_BYTES)
+  const cqMask = cqd.length / CE.WORDS - 1
+
+  const word = (p: number): number => sqd[p & sqMask]
+  let p = 0
+  const readSg = (n: number): Sg => {
+    const addrs = new Array<number>(n)
+    const lens = new Array<number>(n)
+    for (let i = 0; i < n; i++) {
+      addrs[i] = word(p) + word(p + 1) * TWO_32
+      lens[i] = word(p + 2)
+      p += SE.SEG_WORDS
+    }
+    return { addrs, lens }
+  }
+
+  let head = Atomics.load(sqh, SQ.HEAD)
+  let ctail = Atomics.load(cqh, CQ.TAIL)
+  Atomics.store(sqh, SQ.STATE, WorkerState.RUNNING)
+  parentPort?.postMessage({ type: 'ready' })
+  try {
+    for (;;) {
+      // read the doorbell before the tail: a publish after this read also bumps it,
+      // so the wait below cannot miss it
+      const bell = Atomics.load(sqh, SQ.DOORBELL)
+      const tail = Atomics.load(sqh, SQ.TAIL)
+      if (tail === head) {
+        if (Atomics.load(sqh, SQ.STOP) !== 0) return
+        Atomics.wait(sqh, SQ.DOORBELL, bell)
+        continue
+      }
+      let announced = performance.now()
+      while (head !== tail) {
+        const words = word(head + SE.WORDS)
+        const id = word(head + SE.ID_LO) + word(head + SE.ID_HI) * TWO_32
+        const opFlags = word(head + SE.OP_FLAGS)
+        const args = new Uint8Array(16)
+        const av = new DataView(args.buffer)
+        for (let k = 0; k < 4; k++) av.setUint32(4 * k, word(head + SE.ARGS + k), true)
+        const nsrc = word(head + SE.NSRC)
+        const ndst = word(head + SE.NDST)
+        const nkey = word(head + SE.NKEY)
+        const niv = word(head + SE.NIV)
+        p = head + SE.HEADER_WORDS
+        const job: EngineJob = {
+          opcode: opFlags & 0xFF,
+          flags: (opFlags >>> 8) & 0xFF,
+          size: word(head + SE.SIZE),
+          dstSize: word(head + SE.DST_SIZE),
+          args,
+          src: readSg(nsrc),
+          dst: readSg(ndst),
+          key: nkey > 0 ? readSg(nkey) : undefined,
+          iv: niv > 0 ? readSg(niv) : undefined
+        }
+        let r: EngineResult
+        try {
+          r = runOp(mem, job)
+        } catch (e) {
+          // a malformed job is the submitter's bug; it still completes exactly once
+          r = { status: Status.ABORTED, result: 0, bytesCompleted: 0, value: 0 }
+          parentPort?.postMessage({ type: 'error', id, message: `engine ${data.index}: ${(e as Error).message}` })
+        }
+        const at = (ctail & cqMask) * CE.WORDS
+        cqd[at + CE.ID_LO] = id % TWO_32
+        cqd[at + CE.ID_HI] = Math.floor(id / TWO_32)
+        cqd[at + CE.STATUS_RESULT] = (r.status & 0xFF) | ((r.result & 0xFF) << 8)
+        cqd[at + CE.BYTES_COMPLETED] = r.bytesCompleted
+        cqd[at + CE.VALUE_LO] = r.value % TWO_32
+        cqd[at + CE.VALUE_HI] = Math.floor(r.value / TWO_32)
+        ctail = (ctail + 1) | 0
+        Atomics.store(cqh, CQ.TAIL, ctail)
+        head = (head + words) | 0
+        Atomics.store(sqh, SQ.HEAD, head)
+        if (head !== tail && performance.now() - announced > NOTIFY_AFTER_MS) {
+          Atomics.notify(cqh, CQ.TAIL)
+          announced = performance.now()
+        }
+      }
+      Atomics.notify(cqh, CQ.TAIL)
+    }
+  } finally {
+    Atomics.store(sqh, SQ.STATE, WorkerState.EXITED)
+    Atomics.notify(cqh, CQ.TAIL)
+  }
+}
+
+main(workerData as EngineWorkerData)

@@ -1,0 +1,277 @@
+/**
+ * A hardware work queue and the ports that submit to it (the analogue of an idxd WQ,
+ * drivers/dma/idxd/device.c, and of the doorbell page a UACCE queue maps). A dedicated
+ * queue serves one PASID; a shared queue many, each port carrying its own PASID (as
+ * ENQCMD stamps it from a CPU register, never from the descriptor bytes); a kernel queue
+ * serves the kernel's mediated submissions under an IOVA domain.
+ *
+ * The ring holds descriptors from acceptance to completion: a full ring answers RETRY,
+ * a queue that is not running answers QUEUE_DISABLED, both at once and never in memory.
+ */
+import { DESC, DESC_SIZE, Flag, Status } from './descriptor.ts'
+import type { DeviceAccess } from './iommu.ts'
+import type { QueueMode } from './device-config.ts'
+
+/** PROTOCOL.md section 5, the STATUS frame's values. */
+export const QueueState = {
+  RUNNING: 1,
+  ISOLATED: 2,
+  RESETTING: 3,
+  RELEASED: 4
+} as const
+export type QueueState = typeof QueueState[keyof typeof QueueState]
+
+/**
+ * A per-descriptor token that is a function is the submitter's own completion callback
+ * (the kernel's mediated path waits with one); it is called even after the port closed.
+ */
+export type CompletionCallback = (record: Uint8Array) => void
+
+export interface PortListener {
+  /** A completion of a descriptor this port submitted; `record` is only valid during the call. */
+  completion: (record: Uint8Array, flags: number) => void
+  /** The queue or its device changed state. */
+  status?: (state: QueueState, reason: string) => void
+}
+
+/** One accepted descriptor, from acceptance to its one completion. */
+export interface Entry {
+  id: number
+  queue: HwQueue
+  port: QueuePort
+  ctx: number
+  /** the device's own copy of the 64 bytes (a ring slot, or a batch member's buffer) */
+  desc: Uint8Array
+  slot: number
+  /** device-wide acceptance order */
+  seq: number
+  token: unknown
+  parent: Entry | undefined
+  children: number
+  failedChildren: number
+  aborted: boolean
+  access: DeviceAccess | undefined
+  /** a source fault found while translating: the engine ran the prefix before it */
+  srcFault: { addr: number, info: number, done: number } | undefined
+  /** the dst region's translated length fell short: its fault code */
+  dstFaultCode: number
+  t0: number
+  state: 'queued' | 'translating' | 'running' | 'done'
+}
+
+/** A submitter's handle on a queue: what the kernel hands out when it binds a queue. */
+export class QueuePort {
+  readonly queue: HwQueue
+  readonly ctx: number
+  /** stamped into every descriptor: the PASID, or 0 under an IOVA domain */
+  readonly pasid: number
+  listener: PortListener
+  /** per-PASID weight on a shared queue */
+  weight: number
+  closed = false
+  /** why the last submit stopped short: RETRY or QUEUE_DISABLED */
+  lastRefusal = 0
+
+  constructor (queue: HwQueue, ctx: number, pasid: number, listener: PortListener, weight = 1) {
+    this.queue = queue
+    this.ctx = ctx
+    this.pasid = pasid
+    this.listener = listener
+    this.weight = weight
+  }
+
+  /**
+   * The doorbell write: descriptors `count` x 64 bytes at `buf[off]`, accepted in order
+   * until the ring is full. Answers how many were accepted; the rest are refused with
+   * `lastRefusal`.
+   */
+  submit (buf: Uint8Array, off: number, count: number, tokens?: readonly unknown[]): number {
+    return this.queue.submit(this, buf, off, count, tokens)
+  }
+
+  /** Detaches the listener; the descriptors in flight still complete (records land in memory). */
+  close (): void {
+    if (this.closed) return
+    this.closed = true
+    this.queue.ports.delete(this)
+  }
+}
+
+/** A FIFO of entries per submitting context, for the shared queue's deficit round robin. */
+interface Lane {
+  ctx: number
+  items: Entry[]
+  head: number
+  credit: number
+  weight: number
+}
+
+export interface QueueCounters {
+  submitted: number
+  completed: number
+  retries: number
+  disabled: number
+  faults: number
+  aborted: number
+  bytes: number
+}
+
+export interface QueueHost {
+  accept: (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown) => void
+  kick: () => void
+}
+
+export class HwQueue {
+  readonly index: number
+  readonly mode: QueueMode
+  readonly depth: number
+  readonly priority: number
+  readonly host: QueueHost
+  state: QueueState = QueueState.RUNNING
+  stateReason = ''
+  /** dedicated and kernel queues are handed to one owner at a time */
+  allocated = false
+  readonly ports = new Set<QueuePort>()
+  /** accepted and not yet completed, oldest first (Set keeps insertion order) */
+  readonly outstanding = new Set<Entry>()
+  readonly ring: Uint8Array
+  readonly #freeSlots: number[] = []
+  readonly #lanes = new Map<number, Lane>()
+  readonly #order: Lane[] = []
+  #cursor = 0
+  #pending = 0
+  /** arbiter credit, refilled from priority */
+  credit = 0
+  readonly faultTimes: number[] = []
+  readonly counters: QueueCounters = { submitted: 0, completed: 0, retries: 0, disabled: 0, faults: 0, aborted: 0, bytes: 0 }
+
+  constructor (index: number, mode: QueueMode, depth: number, priority: number, host: QueueHost) {
+    this.index = index
+    this.mode = mode
+    this.depth = depth
+    this.priority = priority
+    this.host = host
+    this.ring = new Uint8Array(depth * DESC_SIZE)
+    for (let i = depth - 1; i >= 0; i--) this.#freeSlots.push(i)
+  }
+
+  get occupancy (): number { return this.outstanding.size }
+  get pending (): number { return this.#pending }
+
+  attach (ctx: number, pasid: number, listener: PortListener, weight = 1): QueuePort {
+    const port = new QueuePort(this, ctx, pasid, listener, weight)
+    this.ports.add(port)
+    return port
+  }
+
+  submit (port: QueuePort, buf: Uint8Array, off: number, count: number, tokens?: readonly unknown[]): number {
+    if (this.state !== QueueState.RUNNING || port.closed) {
+      port.lastRefusal = Status.QUEUE_DISABLED
+      this.counters.disabled += count
+      return 0
+    }
+    const n = Math.min(count, this.#freeSlots.length)
+    for (let i = 0; i < n; i++) {
+      const slot = this.#freeSlots.pop() as number
+      const at = slot * DESC_SIZE
+      this.ring.set(buf.subarray(off + i * DESC_SIZE, off + (i + 1) * DESC_SIZE), at)
+      const desc = this.ring.subarray(at, at + DESC_SIZE)
+      // The device stamps the PASID: whatever the tenant wrote there is overwritten.
+      desc[DESC.PASID] = port.pasid & 0xff
+      desc[DESC.PASID + 1] = (port.pasid >>> 8) & 0xff
+      desc[DESC.PASID + 2] = (port.pasid >>> 16) & 0xff
+      desc[DESC.PASID + 3] = (port.pasid >>> 24) & 0xff
+      this.host.accept(this, port, desc, slot, tokens?.[i])
+    }
+    this.counters.submitted += n
+    if (n < count) {
+      port.lastRefusal = Status.RETRY
+      this.counters.retries += count - n
+    }
+    if (n > 0) this.host.kick()
+    return n
+  }
+
+  /** Called by the device for each accepted entry. */
+  enqueue (e: Entry): void {
+    this.outstanding.add(e)
+    let lane = this.#lanes.get(e.ctx)
+    if (lane === undefined) {
+      lane = { ctx: e.ctx, items: [], head: 0, credit: 0, weight: e.port.weight }
+      this.#lanes.set(e.ctx, lane)
+      this.#order.push(lane)
+    }
+    lane.weight = e.port.weight
+    lane.items.push(e)
+    this.#pending++
+  }
+
+  freeSlot (slot: number): void {
+    if (slot >= 0) this.#freeSlots.push(slot)
+  }
+
+  /**
+   * The next entry to start, by deficit round robin over the submitting contexts (each
+   * gets `weight` descriptors a round). A FENCE entry waits until every earlier entry of
+   * this queue has completed; the lane behind it waits with it.
+   */
+  take (): Entry | undefined {
+    if (this.#pending === 0) return undefined
+    const n = this.#order.length
+    for (let scanned = 0; scanned < 2 * n; scanned++) {
+      if (this.#cursor >= this.#order.length) this.#cursor = 0
+      const lane = this.#order[this.#cursor]
+      if (lane.head >= lane.items.length) {
+        this.#order.splice(this.#cursor, 1)
+        this.#lanes.delete(lane.ctx)
+        continue
+      }
+      if (lane.credit <= 0) {
+        lane.credit = lane.weight
+        this.#cursor++
+        continue
+      }
+      const e = lane.items[lane.head]
+      if ((e.desc[DESC.FLAGS] & Flag.FENCE) !== 0 && this.outstanding.values().next().value !== e) {
+        this.#cursor++
+        continue
+      }
+      lane.items[lane.head++] = undefined as unknown as Entry
+      if (lane.head > 64 && lane.head * 2 > lane.items.length) {
+        lane.items = lane.items.slice(lane.head)
+        lane.head = 0
+      }
+      lane.credit--
+      this.#pending--
+      return e
+    }
+    return undefined
+  }
+
+  /** Removes and answers every entry not yet started (for a reset or a release). */
+  takeAllPending (): Entry[] {
+    const out: Entry[] = []
+    for (const lane of this.#order) {
+      for (let i = lane.head; i < lane.items.length; i++) out.push(lane.items[i])
+    }
+    this.#order.length = 0
+    this.#lanes.clear()
+    this.#pending = 0
+    return out
+  }
+
+  setState (state: QueueState, reason: string): void {
+    this.state = state
+    this.stateReason = reason
+    for (const port of this.ports) port.listener.status?.(state, reason)
+  }
+
+  /** More than `max` faults within `windowMs`: true when this fault isolates the queue. */
+  recordFault (now: number, max: number, windowMs: number): boolean {
+    this.counters.faults++
+    this.faultTimes.push(now)
+    while (this.faultTimes.length > 0 && this.faultTimes[0] <= now - windowMs) this.faultTimes.shift()
+    if (this.faultTimes.length > max + 1) this.faultTimes.shift()
+    return this.state === QueueState.RUNNING && this.faultTimes.length > max
+  }
+}

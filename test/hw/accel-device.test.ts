@@ -1,0 +1,283 @@
+import t from 'tap'
+import crypto from 'node:crypto'
+import zlib from 'node:zlib'
+import { CR_SIZE, FaultInfo, Flag, Opcode, Status, readCompletion } from '../../src/hw/descriptor.ts'
+import { QueueState } from '../../src/hw/hw-queue.ts'
+import { Prot } from '../../src/kernel/vma.ts'
+import { P, Rig, deviceConfig, encode, run } from './device-rig.ts'
+
+function rand (n: number, seed: number): Buffer {
+  return crypto.createHash('sha256').update(String(seed)).digest().length > 0
+    ? Buffer.from(crypto.randomBytes(n))
+    : Buffer.alloc(0)
+}
+
+function u64 (v: number): Uint8Array {
+  const b = Buffer.alloc(8)
+  b.writeBigUInt64LE(BigInt(v))
+  return b
+}
+
+function opArgs (...parts: Uint8Array[]): Uint8Array {
+  const a = new Uint8Array(16)
+  let o = 0
+  for (const p of parts) { a.set(p, o); o += p.length }
+  return a
+}
+
+t.test('every opcode through an SVA queue, byte-exact against crypto and zlib', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  t.ok(q)
+  if (q === undefined) return
+  const col = rig.collector(q)
+  // Destinations are fresh, untouched memory: the device faults them in by page requests.
+  const c = { ...col, port: { submit: (b: Uint8Array, o: number, n: number) => { for (let i = 0; i < n; i++) b[o + i * 64 + 1] |= Flag.BLOCK_ON_FAULT; return col.port.submit(b, o, n) } } } as unknown as typeof col
+  Object.defineProperty(c, 'count', { get: () => col.count })
+  for (const size of [1, 63, 4097, 65536 + 13]) {
+    const src = rig.map(size + 2 * P)
+    const dst = rig.map(2 * size + 2 * P)
+    const data = rand(size, size)
+    // unaligned, spanning frames the kernel handed out one fault at a time
+    const s = src + 5
+    const d = dst + 11
+    rig.store(s, data)
+    const [mv] = await run(c, [{ opcode: Opcode.MEMMOVE, src: s, dst: d, size, tag: 1n }])
+    t.equal(mv.status, Status.SUCCESS)
+    t.same(Buffer.from(rig.load(d, size)), data, `MEMMOVE ${size}`)
+
+    const pattern = Buffer.from('0123456789abcdef', 'hex').subarray(0, 8)
+    const [fl] = await run(c, [{ opcode: Opcode.FILL, dst: d, size, tag: 2n, opArgs: opArgs(pattern) }])
+    t.equal(fl.status, Status.SUCCESS)
+    const want = Buffer.alloc(size)
+    for (let i = 0; i < size; i++) want[i] = pattern[i % 8]
+    t.same(Buffer.from(rig.load(d, size)), want, `FILL ${size}`)
+
+    rig.store(d, data)
+    if (size > 1) rig.store(d + size - 1, new Uint8Array([data[size - 1] ^ 0xff]))
+    const [cmp] = await run(c, [{ opcode: Opcode.COMPARE, src: s, dst: d, size, tag: 3n }])
+    t.equal(cmp.status, Status.SUCCESS)
+    if (size > 1) t.same([cmp.result, cmp.value], [1, size - 1], `COMPARE ${size} finds the last byte`)
+    else t.same([cmp.result], [0])
+
+    const seed = 0x12345678
+    const [crc] = await run(c, [{ opcode: Opcode.CRC32, src: s, size, tag: 4n, opArgs: opArgs(u64(seed).subarray(0, 4)) }])
+    t.equal(crc.status, Status.SUCCESS)
+    if (typeof (zlib as { crc32?: unknown }).crc32 === 'function') {
+      t.equal(crc.value, (zlib as unknown as { crc32: (d: Uint8Array, s: number) => number }).crc32(data, seed), `CRC32 ${size}`)
+    }
+
+    const [sha] = await run(c, [{ opcode: Opcode.SHA256, src: s, dst: d, size, tag: 5n }])
+    t.equal(sha.status, Status.SUCCESS)
+    t.same(Buffer.from(rig.load(d, 32)), crypto.createHash('sha256').update(data).digest(), `SHA256 ${size}`)
+
+    const [def] = await run(c, [{ opcode: Opcode.DEFLATE, src: s, dst: d, size, dstSize: size + 1024, tag: 6n, opArgs: opArgs(new Uint8Array([1])) }])
+    t.equal(def.status, Status.SUCCESS)
+    const deflated = zlib.deflateRawSync(data, { level: 1 })
+    t.equal(def.value, deflated.length)
+    t.same(Buffer.from(rig.load(d, def.value)), deflated, `DEFLATE ${size}`)
+
+    rig.store(s, deflated)
+    const [inf] = await run(c, [{ opcode: Opcode.INFLATE, src: s, dst: d, size: deflated.length, dstSize: size, tag: 7n }])
+    t.equal(inf.status, Status.SUCCESS)
+    t.same(Buffer.from(rig.load(d, inf.value)), data, `INFLATE ${size}`)
+
+    const key = crypto.randomBytes(32)
+    const iv = crypto.randomBytes(12)
+    const kaddr = rig.map(P)
+    rig.store(kaddr, key)
+    rig.store(kaddr + 100, iv)
+    rig.store(s, data)
+    const aes = opArgs(u64(kaddr), u64(kaddr + 100))
+    const [enc] = await run(c, [{ opcode: Opcode.ENCRYPT, src: s, dst: d, size, dstSize: size + 16, tag: 8n, opArgs: aes }])
+    t.equal(enc.status, Status.SUCCESS)
+    const cipher = crypto.createCipheriv('aes-256-gcm', key, iv)
+    const expect = Buffer.concat([cipher.update(data), cipher.final(), cipher.getAuthTag()])
+    t.same(Buffer.from(rig.load(d, size + 16)), expect, `ENCRYPT ${size}`)
+    const back = rig.map(size + P)
+    const [dec] = await run(c, [{ opcode: Opcode.DECRYPT, src: d, dst: back, size: size + 16, dstSize: size, tag: 9n, opArgs: aes }])
+    t.equal(dec.status, Status.SUCCESS)
+    t.same(Buffer.from(rig.load(back, size)), data, `DECRYPT ${size}`)
+    rig.store(d, new Uint8Array([expect[0] ^ 1]))
+    const [bad] = await run(c, [{ opcode: Opcode.DECRYPT, src: d, dst: back, size: size + 16, dstSize: size, tag: 10n, opArgs: aes }])
+    t.equal(bad.status, Status.DATA_ERROR, 'a tampered ciphertext fails authentication')
+  }
+})
+
+t.test('completion records land in memory, status byte last; tags echo; INVALID_* answered', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const cr = rig.map(P)
+  const [ok] = await run(c, [{ opcode: Opcode.NOOP, flags: Flag.COMPLETION_RECORD, completionAddr: cr + 64, tag: 0xfeedn }])
+  t.equal(ok.status, Status.SUCCESS)
+  const rec = readCompletion(rig.load(cr + 64, CR_SIZE))
+  t.equal(rec.status, Status.SUCCESS)
+  t.equal(rec.tag, 0xfeedn)
+  const [mis] = await run(c, [{ opcode: Opcode.NOOP, flags: Flag.COMPLETION_RECORD, completionAddr: cr + 8, tag: 2n }])
+  t.equal(mis.status, Status.INVALID_FIELD, 'misaligned completion_addr')
+  const [res] = await run(c, [{ opcode: Opcode.NOOP, flags: 0x10, tag: 3n }])
+  t.equal(res.status, Status.INVALID_FIELD, 'reserved flag bit')
+  const [op] = await run(c, [{ opcode: 0x42, tag: 4n }])
+  t.equal(op.status, Status.INVALID_OPCODE)
+  const [big] = await run(c, [{ opcode: Opcode.MEMMOVE, src: cr, dst: cr, size: 2 ** 21, tag: 5n }])
+  t.equal(big.status, Status.INVALID_FIELD, 'over maxTransferSize')
+})
+
+t.test('faults: PAGE_FAULT with where and why; BLOCK_ON_FAULT served by a page request', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const src = rig.map(2 * P)
+  const dst = rig.map(2 * P)
+  rig.store(src, new Uint8Array(P).fill(3)) // page 0 present, page 1 not yet
+  rig.store(dst, new Uint8Array(2 * P))
+  const [pf] = await run(c, [{ opcode: Opcode.MEMMOVE, src: src + 100, dst, size: P, tag: 1n }])
+  t.equal(pf.status, Status.PAGE_FAULT)
+  t.equal(pf.faultAddr, src + P)
+  t.equal(pf.bytesCompleted, P - 100, 'the prefix before the fault was processed')
+  t.equal(pf.faultInfo, 0, 'a read of a not-present page: recoverable')
+  t.same(rig.load(dst, 4), new Uint8Array([3, 3, 3, 3]), 'and landed')
+  const [blk] = await run(c, [{ opcode: Opcode.MEMMOVE, flags: Flag.BLOCK_ON_FAULT, src: src + 100, dst, size: P, tag: 2n }])
+  t.equal(blk.status, Status.SUCCESS, 'BLOCK_ON_FAULT: the page request faulted the page in')
+  const [none] = await run(c, [{ opcode: Opcode.SHA256, flags: Flag.BLOCK_ON_FAULT, src: 0x1000, dst, size: 10, tag: 3n }])
+  t.equal(none.status, Status.PAGE_FAULT, 'no mapping is never served')
+  t.equal(none.faultInfo, FaultInfo.NO_MAPPING)
+  const ro = rig.map(P, Prot.READ)
+  rig.load(ro, 1)
+  const [w] = await run(c, [{ opcode: Opcode.FILL, dst: ro, size: 8, tag: 4n }])
+  t.equal(w.status, Status.PAGE_FAULT)
+  t.equal(w.faultInfo, FaultInfo.WRITE, 'write to a read-only page')
+  t.equal(w.faultAddr, ro)
+  t.ok(rig.p.mm.faultQueue.length >= 3, 'faults are in the process fault queue')
+})
+
+t.test('the PASID is the port\'s: forged bytes change nothing; another process\'s memory is never reached', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const other = rig.kernel.createProcess('u')
+  const otherPasid = rig.kernel.bindPasid(other)
+  if (!otherPasid.ok) return t.fail('bind')
+  const s = other.mm.mmap({ length: P, prot: Prot.READ | Prot.WRITE, shared: false, addr: 0x66660000 })
+  if (!s.ok) return t.fail('mmap')
+  const secret = s.value
+  rig.store(secret, Buffer.from('secret of another tenant'), other)
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const mine = rig.map(P)
+  rig.store(mine, new Uint8Array(64))
+  const [x] = await run(c, [{ opcode: Opcode.MEMMOVE, pasid: otherPasid.value, src: secret, dst: mine, size: 24, tag: 1n }])
+  t.equal(x.status, Status.PAGE_FAULT, 'translated under my own PASID: no mapping there')
+  t.same(rig.load(mine, 24), new Uint8Array(24), 'nothing of the other process arrived')
+})
+
+t.test('RETRY beyond the ring, QUEUE_DISABLED when isolated, cleared by the admin', async t => {
+  const rig = new Rig(deviceConfig({
+    queues: [{ mode: 'dedicated', depth: 8, priority: 1 }],
+    isolateStrategy: { faults: 2, windowMs: 60000 }
+  }))
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const buf = rig.map(64 * P)
+  rig.store(buf, new Uint8Array(64 * P))
+  const descs = Array.from({ length: 12 }, (_, i) => ({ opcode: Opcode.SHA256, src: buf, dst: buf, size: 64 * P - 64, tag: BigInt(i) }))
+  const n = c.port.submit(encode(descs), 0, 12)
+  t.equal(n, 8, 'accepted until the ring was full')
+  t.equal(c.port.lastRefusal, Status.RETRY)
+  await c.waitFor(8)
+  t.equal(rig.dev.allocQueue('dedicated'), undefined, 'the only dedicated queue is taken')
+  await run(c, [1, 2, 3].map(i => ({ opcode: Opcode.NOOP + Opcode.SHA256, src: 0x1000, dst: buf, size: 8, tag: BigInt(100 + i) })))
+  t.equal(q.state, QueueState.ISOLATED, 'three faults with a strategy of two isolate the queue')
+  t.same(c.statuses.map(s => s[0]), [QueueState.ISOLATED])
+  t.equal(c.port.submit(encode([{ opcode: Opcode.NOOP, tag: 9n }]), 0, 1), 0)
+  t.equal(c.port.lastRefusal, Status.QUEUE_DISABLED)
+  t.equal(rig.dev.attributes().isolate, 1)
+  t.ok(rig.dev.clearIsolation(q))
+  const [again] = await run(c, [{ opcode: Opcode.NOOP, tag: 10n }])
+  t.equal(again.status, Status.SUCCESS)
+})
+
+t.test('BATCH, FENCE and DRAIN', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const buf = rig.map(4 * P)
+  rig.store(buf, new Uint8Array(4 * P))
+  rig.store(buf, Buffer.from('hello batch'))
+  const arr = rig.map(P)
+  const members = encode([
+    { opcode: Opcode.MEMMOVE, src: buf, dst: buf + P, size: 11, flags: Flag.NOTIFY, tag: 11n },
+    { opcode: Opcode.SHA256, src: buf, dst: buf + 2 * P, size: 11, flags: Flag.NOTIFY, tag: 12n },
+    { opcode: Opcode.BATCH, src: arr, size: 1, flags: Flag.NOTIFY, tag: 13n },
+    { opcode: Opcode.MEMMOVE, src: 0x1000, dst: buf, size: 4, flags: Flag.NOTIFY, tag: 14n }
+  ])
+  rig.store(arr, members)
+  const before = c.count
+  c.port.submit(encode([{ opcode: Opcode.BATCH, src: arr, size: 4, tag: 10n }]), 0, 1)
+  await c.waitFor(before + 5)
+  const [b] = c.completions.get(10n) ?? []
+  t.equal(b.status, Status.BATCH_FAILED)
+  t.equal(b.value, 2, 'the nested BATCH and the faulting member failed')
+  t.equal(c.completions.get(13n)?.[0].status, Status.INVALID_OPCODE)
+  t.equal(c.completions.get(14n)?.[0].status, Status.PAGE_FAULT)
+  t.same(Buffer.from(rig.load(buf + P, 11)).toString(), 'hello batch')
+  t.same(Buffer.from(rig.load(buf + 2 * P, 32)), crypto.createHash('sha256').update('hello batch').digest())
+
+  // FENCE: the FILL waits for the SHA256 before it, so the hash sees the old bytes
+  rig.store(buf + 3 * P, new Uint8Array(P).fill(1))
+  const done = await run(c, [
+    { opcode: Opcode.SHA256, src: buf + 3 * P, dst: buf, size: P, tag: 20n },
+    { opcode: Opcode.FILL, flags: Flag.FENCE, dst: buf + 3 * P, size: P, tag: 21n, opArgs: new Uint8Array(16).fill(0, 0, 8) },
+    { opcode: Opcode.DRAIN, tag: 22n }
+  ])
+  t.same(done.map(x => x.status), [Status.SUCCESS, Status.SUCCESS, Status.SUCCESS])
+  t.same(Buffer.from(rig.load(buf, 32)), crypto.createHash('sha256').update(Buffer.alloc(P, 1)).digest())
+})
+
+t.test('reset: everything in flight completes ABORTED exactly once, queues come back', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const buf = rig.map(256 * P)
+  rig.store(buf, new Uint8Array(256 * P))
+  const descs = Array.from({ length: 100 }, (_, i) => ({ opcode: Opcode.SHA256, src: buf, dst: buf, size: 2 ** 20, tag: BigInt(i) }))
+  t.equal(c.port.submit(encode(descs), 0, 100), 100)
+  rig.dev.reset()
+  await c.waitFor(100)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(c.count, 100, 'one completion each, no more')
+  const aborted = [...c.completions.values()].flat().filter(x => x.status === Status.ABORTED).length
+  t.ok(aborted > 0, `${aborted} aborted`)
+  t.same(c.statuses.map(s => s[0]), [QueueState.RESETTING, QueueState.RUNNING])
+  const [after] = await run(c, [{ opcode: Opcode.NOOP, tag: 1000n }])
+  t.equal(after.status, Status.SUCCESS)
+})
+
+t.test('munmap waits for the engine before the frames go', async t => {
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const buf = rig.map(512 * P)
+  rig.store(buf, new Uint8Array(512 * P).fill(9))
+  const n = c.port.submit(encode([{ opcode: Opcode.MEMMOVE, src: buf, dst: buf + 256 * P, size: 2 ** 20, tag: 1n }]), 0, 1)
+  t.equal(n, 1)
+  const r = rig.p.mm.munmap(buf, 512 * P)
+  t.ok(r.ok)
+  t.equal(rig.kernel.iommu.accessesInFlight(), 0, 'the notifier waited for the running access')
+  await c.waitFor(1)
+  t.equal(c.completions.get(1n)?.[0].status, Status.SUCCESS)
+})
