@@ -12,7 +12,7 @@
  */
 import {
   AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode,
-  SHA256_SIZE, Status, ivAddr, keyAddr, opcodeName, readAddr, readU32, validateDescriptor, writeU32, writeU64,
+  SHA256_SIZE, Status, ivAddr, keyAddr, opcodeName, readAddr, readU32, validateInPlace, writeU32, writeU64,
   type Limits, type OpcodeName
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
@@ -235,7 +235,7 @@ export class AccelDevice implements QueueHost {
     if (e.aborted) return this.#complete(e, Status.ABORTED)
     const d = e.desc
     const opcode = d[DESC.OPCODE]
-    const st = validateDescriptor(this.#peek(d), this.limits, { inBatch: e.parent !== undefined })
+    const st = validateInPlace(d, this.limits, { inBatch: e.parent !== undefined })
     if (st !== 0) return this.#complete(e, st)
     if (opcode === Opcode.DRAIN) {
       this.#drains.push(e)
@@ -250,23 +250,6 @@ export class AccelDevice implements QueueHost {
       return
     }
     if (job !== undefined) this.#run(e, job, jobs)
-  }
-
-  /** The fields validateDescriptor looks at, read in place. */
-  #peek (d: Uint8Array): Parameters<typeof validateDescriptor>[0] {
-    return {
-      opcode: d[DESC.OPCODE],
-      flags: d[DESC.FLAGS],
-      reserved: d[DESC.RESERVED] | (d[DESC.RESERVED + 1] << 8),
-      pasid: 0,
-      completionAddr: readAddr(d, DESC.COMPLETION_ADDR),
-      src: 0,
-      dst: 0,
-      size: readU32(d, DESC.SIZE),
-      dstSize: readU32(d, DESC.DST_SIZE),
-      tag: 0n,
-      opArgs: d.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16)
-    }
   }
 
   #run (e: Entry, job: PoolJob, jobs: PoolJob[]): void {

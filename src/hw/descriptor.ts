@@ -387,6 +387,26 @@ export function validateDescriptor (d: Descriptor, limits: Limits, opts: Validat
   return 0
 }
 
+/**
+ * validateDescriptor on descriptor bytes in place, without copying op_args: what the
+ * device and the kernel check on every descriptor they are handed.
+ */
+export function validateInPlace (b: Uint8Array, limits: Limits, opts: ValidateOptions = {}): number {
+  return validateDescriptor({
+    opcode: b[DESC.OPCODE],
+    flags: b[DESC.FLAGS],
+    reserved: b[DESC.RESERVED] | (b[DESC.RESERVED + 1] << 8),
+    pasid: 0,
+    completionAddr: readAddr(b, DESC.COMPLETION_ADDR),
+    src: 0,
+    dst: 0,
+    size: readU32(b, DESC.SIZE),
+    dstSize: readU32(b, DESC.DST_SIZE),
+    tag: 0n,
+    opArgs: b.subarray(DESC.OP_ARGS, DESC.OP_ARGS + OP_ARGS_SIZE)
+  }, limits, opts)
+}
+
 // JSON forms (PROTOCOL.md: 64-bit addresses and tags as hex strings, sizes as numbers).
 // Field names are the protocol's. op_args appear by meaning for the opcode (pattern,
 // seed, level, key_addr, iv_addr); raw `op_args` (32 hex digits, bytes in memory order)

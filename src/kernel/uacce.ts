@@ -13,7 +13,7 @@
 import { AccelDevice } from '../hw/accel-device.ts'
 import {
   AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, SHA256_SIZE,
-  Status, readAddr, readU32, validateDescriptor, writeU32, writeU64
+  Status, readAddr, readU32, validateInPlace, writeU32, writeU64
 } from '../hw/descriptor.ts'
 import type { DeviceConfig } from '../hw/device-config.ts'
 import { Errno, err, ok, type Result } from '../hw/errno.ts'
@@ -308,19 +308,7 @@ export class Uacce {
     const d = q.device
     const desc = m.desc
     const dev = d.dev
-    const st = validateDescriptor({
-      opcode: desc[DESC.OPCODE],
-      flags: desc[DESC.FLAGS],
-      reserved: desc[DESC.RESERVED] | (desc[DESC.RESERVED + 1] << 8),
-      pasid: 0,
-      completionAddr: readAddr(desc, DESC.COMPLETION_ADDR),
-      src: 0,
-      dst: 0,
-      size: readU32(desc, DESC.SIZE),
-      dstSize: readU32(desc, DESC.DST_SIZE),
-      tag: 0n,
-      opArgs: desc.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16)
-    }, dev.limits, { inBatch })
+    const st = validateInPlace(desc, dev.limits, { inBatch })
     if (st !== 0) return st
     // A top-level record the kernel writes itself after unpinning; a batch member's the
     // device writes, into the tenant's page pinned and mapped for it. Nothing is pushed.
