@@ -42,6 +42,8 @@ export const SQ = {
   HEAD: 0,
   /** worker: WorkerState */
   STATE: 1,
+  /** worker: 1 while it sleeps on DOORBELL, so a publish to a busy worker costs no wake-up */
+  SLEEPING: 2,
   /** main: words published */
   TAIL: 16,
   /** main: bumped after every publish and on stop; the word the worker sleeps on */
@@ -462,8 +464,10 @@ export class EnginePool {
     if (lane.sqPublished === lane.sqTail) return
     lane.sqPublished = lane.sqTail
     Atomics.store(lane.sqh, SQ.TAIL, lane.sqTail)
+    // The doorbell word always moves, so a worker about to sleep sees it changed and
+    // does not; only one already asleep needs the (costly) futex wake.
     Atomics.add(lane.sqh, SQ.DOORBELL, 1)
-    Atomics.notify(lane.sqh, SQ.DOORBELL)
+    if (Atomics.load(lane.sqh, SQ.SLEEPING) !== 0) Atomics.notify(lane.sqh, SQ.DOORBELL)
     lane.batches++
   }
 

@@ -59,7 +59,9 @@ function main (data: EngineWorkerData): void {
       const tail = Atomics.load(sqh, SQ.TAIL)
       if (tail === head) {
         if (Atomics.load(sqh, SQ.STOP) !== 0) return
+        Atomics.store(sqh, SQ.SLEEPING, 1)
         Atomics.wait(sqh, SQ.DOORBELL, bell)
+        Atomics.store(sqh, SQ.SLEEPING, 0)
         continue
       }
       let announced = performance.now()
