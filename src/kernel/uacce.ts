@@ -13,13 +13,14 @@
 import { AccelDevice } from '../hw/accel-device.ts'
 import {
   AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, SHA256_SIZE,
-  Status, readAddr, readU32, validateInPlace, writeU32, writeU64
+  Status, readAddr, readU32, readU64, validateInPlace, writeU32, writeU64
 } from '../hw/descriptor.ts'
 import type { DeviceConfig } from '../hw/device-config.ts'
 import { Errno, err, ok, type Result } from '../hw/errno.ts'
 import { QueueState, type CompletionCallback, type HwQueue, type PortListener, type QueuePort } from '../hw/hw-queue.ts'
 import { IovaDomain } from '../hw/iova-domain.ts'
 import { PAGE_SIZE } from '../hw/phys-mem.ts'
+import { TASK_SIZE } from '../hw/iommu.ts'
 import type { Kernel } from './kernel.ts'
 import type { Pin } from './mm.ts'
 import type { Process } from './process.ts'
@@ -107,6 +108,7 @@ export class Uacce {
   readonly queues = new Map<string, Queue>()
   #nextQueue = 1
   #nextDomain = 1
+  #closing = false
 
   constructor (kernel: Kernel, configs: DeviceConfig[]) {
     this.kernel = kernel
@@ -262,18 +264,22 @@ export class Uacce {
     const n = body.length / DESC_SIZE
     const d = q.device
     const work: Mediated[] = []
-    for (let i = 0; i < n; i++) {
-      const orig = body.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE)
-      const m: Mediated = { index: i, orig, desc: new Uint8Array(orig), pins: [], iovas: [], rewrites: [], batchFrames: [], record: undefined, late: [] }
-      const status = this.#prepare(q, m, false)
-      if (status !== 0) {
-        m.record ??= this.#record(m, status)
-        this.#release(d, m)
+    try {
+      for (let i = 0; i < n; i++) {
+        const orig = body.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE)
+        const m: Mediated = { index: i, orig, desc: new Uint8Array(orig), pins: [], iovas: [], rewrites: [], batchFrames: [], record: undefined, late: [] }
+        work.push(m)
+        const status = this.#prepare(q, m, false)
+        if (status !== 0) {
+          m.record ??= this.#record(m, status)
+          this.#release(d, m)
+        }
       }
-      work.push(m)
+      await this.#runAll(q, work.filter(m => m.record === undefined))
+    } finally {
+      // Whatever happened, nothing this submission pinned or mapped outlives it.
+      for (const m of work) this.#release(d, m)
     }
-    const pending = work.filter(m => m.record === undefined)
-    await Promise.all(pending.map(async m => { m.record = await this.#runOnKernelQueue(q, m) }))
     const mm = q.process.mm
     // the tenant's records, body first and status last, through the process's own stores
     const put = (ca: number, rec: Uint8Array): void => {
@@ -290,8 +296,57 @@ export class Uacce {
     }
   }
 
+  /** The least busy running kernel queue with room, or -1. */
+  #leastBusy (d: DeviceEntry): number {
+    let best = -1
+    for (let i = 0; i < d.kernelQueues.length; i++) {
+      const hw = d.kernelQueues[i]
+      if (hw.state !== QueueState.RUNNING || hw.occupancy >= hw.depth) continue
+      if (best < 0 || hw.occupancy < d.kernelQueues[best].occupancy) best = i
+    }
+    return best
+  }
+
+  /**
+   * One doorbell write for as many prepared descriptors as the least busy kernel queue
+   * takes; what does not fit waits for room one by one.
+   */
+  async #runAll (q: Queue, pending: Mediated[]): Promise<void> {
+    if (pending.length === 0) return
+    const d = q.device
+    const waits: Array<Promise<void>> = []
+    let accepted = 0
+    const best = q.released ? -1 : this.#leastBusy(d)
+    if (best >= 0) {
+      const hw = d.kernelQueues[best]
+      const room = Math.min(pending.length, hw.depth - hw.occupancy)
+      const buf = new Uint8Array(room * DESC_SIZE)
+      const tokens: CompletionCallback[] = []
+      const done: Array<Promise<void>> = []
+      for (let i = 0; i < room; i++) {
+        const m = pending[i]
+        buf.set(m.desc, i * DESC_SIZE)
+        done.push(new Promise<void>(resolve => {
+          tokens.push((r) => {
+            m.record = this.#untranslate(m, new Uint8Array(r))
+            this.#release(d, m)
+            this.#wake(d)
+            resolve()
+          })
+        }))
+      }
+      accepted = q.kernelPorts[best].submit(buf, 0, room, tokens)
+      // only the accepted ones will ever be answered through their callbacks
+      waits.push(...done.slice(0, accepted))
+    }
+    for (const m of pending.slice(accepted)) {
+      waits.push(this.#runOnKernelQueue(q, m).then(rec => { m.record = rec }))
+    }
+    await Promise.all(waits)
+  }
+
   /** A completion record for a descriptor answered by the kernel itself. */
-  #record (m: Mediated, status: number, faultAddr = 0, faultInfo = 0): Uint8Array {
+  #record (m: Mediated, status: number, faultAddr: number | bigint = 0, faultInfo = 0): Uint8Array {
     const rec = new Uint8Array(CR_SIZE)
     rec[CR.FAULT_INFO] = faultInfo
     writeU64(rec, CR.FAULT_ADDR, faultAddr)
@@ -350,7 +405,9 @@ export class Uacce {
       if (len === 0) continue
       const s = this.#mapRegion(q, m, va, len, write)
       if (typeof s !== 'number') {
-        m.record = this.#record(m, Status.PAGE_FAULT, s.addr, (write ? FaultInfo.WRITE : 0) | (s.noMapping ? FaultInfo.NO_MAPPING : 0))
+        // An address no process can map (2**53 and up) is reported exactly as the tenant wrote it.
+        const addr = Number.isSafeInteger(s.addr) ? s.addr : readU64(m.orig, field)
+        m.record = this.#record(m, Status.PAGE_FAULT, addr, (write ? FaultInfo.WRITE : 0) | (s.noMapping ? FaultInfo.NO_MAPPING : 0))
         return Status.PAGE_FAULT
       }
       writeU64(desc, field, s)
@@ -361,6 +418,7 @@ export class Uacce {
   /** Pins [va, va+len) and maps it into the domain; answers the IOVA of va, or where it faulted. */
   #mapRegion (q: Queue, m: Mediated, va: number, len: number, write: boolean): number | { addr: number, noMapping: boolean } {
     const mm = q.process.mm
+    if (!Number.isSafeInteger(va) || va + len > TASK_SIZE) return { addr: Number.isSafeInteger(va) ? Math.max(va, TASK_SIZE) : va, noMapping: true }
     const pin = mm.pin(va, len, write, false)
     if (!pin.ok) {
       const addr = pin.addr ?? va
@@ -433,13 +491,9 @@ export class Uacce {
     const d = q.device
     try {
       for (;;) {
-        if (q.released) return this.#record(m, Status.ABORTED)
-        let best = -1
-        for (let i = 0; i < d.kernelQueues.length; i++) {
-          const hw = d.kernelQueues[i]
-          if (hw.state !== QueueState.RUNNING || hw.occupancy >= hw.depth) continue
-          if (best < 0 || hw.occupancy < d.kernelQueues[best].occupancy) best = i
-        }
+        // Never accepted by the device: a release or a shutdown answers it ABORTED.
+        if (q.released || this.#closing) return this.#record(m, Status.ABORTED)
+        const best = this.#leastBusy(d)
         if (best >= 0) {
           const port = q.kernelPorts[best]
           const rec = await new Promise<Uint8Array | undefined>(resolve => {
@@ -506,6 +560,7 @@ export class Uacce {
 
   /** Drains every device (shutdown): nothing accepted is lost. */
   async close (): Promise<void> {
+    this.#closing = true
     for (const q of [...this.queues.values()]) {
       if (q.backlog.length > 0) for (const wake of q.backlog.splice(0)) wake()
     }
