@@ -5,11 +5,15 @@
  */
 import { machine } from './harness.ts'
 import { benchDevice } from './device.bench.ts'
+import { benchDoorbell } from './doorbell.bench.ts'
+import { benchMediated } from './mediated.bench.ts'
 import { benchMm } from './mm.bench.ts'
 
 const sections: Array<[string, () => Promise<string[]>]> = [
   ['Memory and IOMMU (issue 2)', benchMm],
-  ['Device and engines (issue 3)', benchDevice]
+  ['Device and engines (issue 3)', benchDevice],
+  ['Mediated submit over HTTP (issue 4)', benchMediated],
+  ['Doorbell over WebSocket (issue 5)', benchDoorbell]
 ]
 
 const only = process.argv.slice(2).filter(a => !a.startsWith('--'))

@@ -11,18 +11,27 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Config } from './config.ts'
+import { devicesPlugin } from './devices.ts'
 import { Errors, errorHandler, notFoundHandler, withExtras } from './errors.ts'
+import type { DeviceConfig } from './hw/device-config.ts'
 import { Kernel } from './kernel/kernel.ts'
+import { metricsPlugin } from './metrics.ts'
 import { Problem } from './schemas/common.ts'
 import { RateLimiter, TenantRegistry, resolveAdminToken } from './tenants.ts'
 import type { Tenant } from './schemas/tenants.ts'
+import adminDeviceRoutes from '../routes/admin-devices.ts'
 import adminRoutes from '../routes/admin.ts'
+import bindingRoutes from '../routes/bindings.ts'
+import doorbellRoutes from '../routes/doorbell.ts'
+import deviceRoutes from '../routes/devices.ts'
 import faultRoutes from '../routes/faults.ts'
 import fileRoutes from '../routes/files.ts'
 import healthRoutes from '../routes/health.ts'
 import mappingRoutes from '../routes/mappings.ts'
 import memoryRoutes from '../routes/memory.ts'
+import metricsRoutes from '../routes/metrics.ts'
 import processRoutes from '../routes/processes.ts'
+import queueRoutes from '../routes/queues.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -30,8 +39,8 @@ declare module 'fastify' {
     kernel: Kernel
     tenants: TenantRegistry
     rateLimiter: RateLimiter
-    /** what /readyz answers from; later plugins (devices) may hold it at 'starting' */
-    lifecycle: { state: 'starting' | 'ready' | 'closing' }
+    /** what /readyz answers from */
+    lifecycle: Lifecycle
   }
   interface FastifyRequest {
     /** set by the tenant scope's auth hook; null elsewhere */
@@ -39,8 +48,22 @@ declare module 'fastify' {
   }
 }
 
+export interface Lifecycle {
+  state: 'starting' | 'ready' | 'closing'
+  /**
+   * Start-up work that readiness waits for (the devices' engines), pushed by plugins
+   * while they load. The app listens without waiting for it: /healthz answers, /readyz
+   * stays 'starting' until every gate has resolved.
+   */
+  gates: Array<Promise<unknown>>
+  /** settles once the gates have: the state is then 'ready', or start-up failed and it stays 'starting' */
+  settled: Promise<void>
+}
+
 export interface AppOptions {
   config: Config
+  /** devices given in code (tests, benchmarks); otherwise WARPD_DEVICES_FILE, otherwise the built-in default */
+  devices?: DeviceConfig[]
   /** milliseconds, for the rate limiter; tests pass a fake clock */
   clock?: () => number
   /** the route table; ROUTES unless a test says otherwise */
@@ -57,12 +80,18 @@ export interface RouteEntry { scope: Scope, plugin: FastifyPluginAsync }
  */
 export const ROUTES: readonly RouteEntry[] = [
   { scope: 'public', plugin: healthRoutes },
+  { scope: 'public', plugin: metricsRoutes },
   { scope: 'admin', plugin: adminRoutes },
+  { scope: 'admin', plugin: adminDeviceRoutes },
   { scope: 'tenant', plugin: processRoutes },
   { scope: 'tenant', plugin: mappingRoutes },
   { scope: 'tenant', plugin: memoryRoutes },
   { scope: 'tenant', plugin: fileRoutes },
-  { scope: 'tenant', plugin: faultRoutes }
+  { scope: 'tenant', plugin: faultRoutes },
+  { scope: 'tenant', plugin: deviceRoutes },
+  { scope: 'tenant', plugin: queueRoutes },
+  { scope: 'tenant', plugin: bindingRoutes },
+  { scope: 'tenant', plugin: doorbellRoutes }
 ]
 
 /** OpenAPI security requirement per scope; stamped on each route of the scope. */
@@ -76,17 +105,26 @@ const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.
 
 function bearer (request: FastifyRequest): string | undefined {
   const h = request.headers.authorization
-  if (typeof h !== 'string') return undefined
-  const m = /^Bearer +(\S+) *$/i.exec(h)
-  return m?.[1]
+  if (typeof h === 'string') {
+    const m = /^Bearer +(\S+) *$/i.exec(h)
+    if (m !== null) return m[1]
+  }
+  // A browser cannot set headers on a WebSocket: the doorbell also takes the token as the
+  // subprotocol `bearer.<token>` (docs/PROTOCOL.md section 7).
+  const proto = request.headers['sec-websocket-protocol']
+  if (typeof proto === 'string') {
+    for (const p of proto.split(',')) {
+      const t = p.trim()
+      if (t.startsWith('bearer.')) return t.slice('bearer.'.length)
+    }
+  }
+  return undefined
 }
 
+// The processes exit at shutdown in the devices plugin, after the devices drained: an
+// exit releases the process's queues, which would abort the work still in them.
 const kernelPlugin = fp(async (fastify: FastifyInstance, opts: AppOptions) => {
   fastify.decorate('kernel', new Kernel({ physMemBytes: opts.config.WARPD_PHYS_MEM_BYTES }))
-  fastify.addHook('onClose', async (instance) => {
-    // Exit hooks release queues and pins before address spaces go (the devices' drain).
-    for (const p of [...instance.kernel.processes.values()]) instance.kernel.exit(p)
-  })
 }, { name: 'warpd-kernel' })
 
 const tenantsPlugin = fp(async (fastify: FastifyInstance, opts: AppOptions) => {
@@ -123,8 +161,15 @@ async function requireTenant (this: FastifyInstance, request: FastifyRequest): P
 
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   fastify.decorate('config', opts.config)
-  fastify.decorate('lifecycle', { state: 'starting' })
-  fastify.addHook('onReady', async () => { fastify.lifecycle.state = 'ready' })
+  const lifecycle: Lifecycle = { state: 'starting', gates: [], settled: Promise.resolve() }
+  fastify.decorate('lifecycle', lifecycle)
+  fastify.addHook('onReady', async () => {
+    lifecycle.settled = Promise.all(lifecycle.gates.splice(0)).then(() => {
+      if (lifecycle.state === 'starting') lifecycle.state = 'ready'
+    }, (err: unknown) => {
+      fastify.log.error({ err }, 'start-up failed: staying not ready')
+    })
+  })
   fastify.addHook('preClose', async () => { fastify.lifecycle.state = 'closing' })
   fastify.setErrorHandler(errorHandler)
   fastify.setNotFoundHandler(notFoundHandler)
@@ -159,7 +204,11 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
         { name: 'mappings', description: 'mmap, munmap, mprotect' },
         { name: 'memory', description: 'CPU loads and stores' },
         { name: 'files', description: 'files that processes can map' },
-        { name: 'faults', description: 'IOMMU faults of a process' }
+        { name: 'faults', description: 'IOMMU faults of a process' },
+        { name: 'devices', description: 'accelerators: UACCE attributes and live counters' },
+        { name: 'queues', description: 'device queues and the kernel-mediated submit' },
+        { name: 'bindings', description: 'PASID bindings of processes to SVA devices' },
+        { name: 'metrics', description: 'Prometheus metrics' }
       ]
     },
     refResolver: {
@@ -168,19 +217,25 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     },
     transform: ({ schema, url }) => {
       // Octet-stream bodies are not validated (a Buffer is not a JSON string), so the
-      // body schema exists for the document only.
+      // body schema exists for the document only. A route taking JSON or bytes (the
+      // mediated submit) documents its JSON schema and the bytes side by side.
       const s = schema as Record<string, unknown> | undefined
-      if (s === undefined || s.body !== undefined || !Array.isArray(s.consumes) || !s.consumes.includes('application/octet-stream')) return { schema, url }
-      const { consumes: _consumes, ...rest } = s
-      return {
-        schema: { ...rest, body: { content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } } } },
-        url
+      if (s === undefined || !Array.isArray(s.consumes) || !s.consumes.includes('application/octet-stream')) return { schema, url }
+      const { consumes, ...rest } = s
+      const content: Record<string, { schema: unknown }> = {}
+      if (s.body !== undefined) {
+        if (!consumes.includes('application/json')) return { schema, url }
+        content['application/json'] = { schema: s.body }
       }
+      content['application/octet-stream'] = { schema: { type: 'string', format: 'binary' } }
+      return { schema: { ...rest, body: { content } }, url }
     }
   })
   await fastify.register(swaggerUi, { routePrefix: '/docs' })
 
   await fastify.register(kernelPlugin, opts)
+  await fastify.register(devicesPlugin, { devices: opts.devices })
+  await fastify.register(metricsPlugin)
   await fastify.register(tenantsPlugin, opts)
 
   for (const scope of ['public', 'admin', 'tenant'] as const) {

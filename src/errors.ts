@@ -23,9 +23,11 @@ export const CATALOGUE = {
   WD_ERR_NOT_FOUND: { status: 404, title: 'Not found' },
   WD_ERR_CONFLICT: { status: 409, title: 'Conflict' },
   WD_ERR_QUOTA: { status: 409, title: 'Tenant quota exceeded' },
+  WD_ERR_NO_SVA: { status: 409, title: 'Device without shared virtual addressing' },
   WD_ERR_PAYLOAD_TOO_LARGE: { status: 413, title: 'Payload too large' },
   WD_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported media type' },
   WD_ERR_RATE_LIMITED: { status: 429, title: 'Too many requests' },
+  WD_ERR_INFLIGHT: { status: 429, title: 'Too many descriptors in flight' },
   WD_ERR_INTERNAL: { status: 500, title: 'Internal error', generic: 'The server failed to answer this request; the error is logged under the request id.' },
   WD_ERR_UNAVAILABLE: { status: 503, title: 'Service unavailable', generic: 'The server is not ready or is shutting down.' },
 
@@ -77,9 +79,11 @@ export const Errors = {
   NotFound: define('WD_ERR_NOT_FOUND'),
   Conflict: define('WD_ERR_CONFLICT'),
   Quota: define('WD_ERR_QUOTA'),
+  NoSva: define('WD_ERR_NO_SVA'),
   PayloadTooLarge: define('WD_ERR_PAYLOAD_TOO_LARGE'),
   UnsupportedMediaType: define('WD_ERR_UNSUPPORTED_MEDIA_TYPE'),
   RateLimited: define('WD_ERR_RATE_LIMITED'),
+  Inflight: define('WD_ERR_INFLIGHT'),
   Internal: define('WD_ERR_INTERNAL'),
   Unavailable: define('WD_ERR_UNAVAILABLE')
 } as const

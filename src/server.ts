@@ -6,6 +6,7 @@ import closeWithGrace from 'close-with-grace'
 import pino from 'pino'
 import { buildApp } from './app.ts'
 import { ConfigError, loadConfig, type Config } from './config.ts'
+import { DevicesFileError } from './devices.ts'
 
 let config: Config
 try {
@@ -19,15 +20,25 @@ try {
 const logger = pino({
   level: config.WARPD_LOG_LEVEL,
   // Tokens travel in this header; a serializer change must not put them in the logs.
-  redact: ['req.headers.authorization', 'request.headers.authorization']
+  // The doorbell also takes them as a WebSocket subprotocol.
+  redact: ['req.headers.authorization', 'request.headers.authorization', 'req.headers["sec-websocket-protocol"]']
 })
 
-const app = await buildApp({ config, logger })
+let app: Awaited<ReturnType<typeof buildApp>>
+try {
+  app = await buildApp({ config, logger })
+  await app.ready()
+} catch (e) {
+  if (!(e instanceof DevicesFileError)) throw e
+  process.stderr.write(`warpd: ${e.message}\n`)
+  process.exit(1)
+}
 
 closeWithGrace({ delay: 10_000, logger }, async ({ err, signal }) => {
   if (err !== undefined) logger.error({ err }, 'closing after an error')
   else logger.info({ signal }, 'closing')
-  // onClose hooks exit every process, releasing queues and pins (the device drain).
+  // Doorbells drain and close with 1001, the devices finish everything accepted, then
+  // the processes exit (src/devices.ts, routes/doorbell.ts).
   await app.close()
 })
 

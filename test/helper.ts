@@ -8,6 +8,8 @@ import { join } from 'node:path'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { buildApp, type AppOptions } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
+import { DEFAULT_DEVICES, type DeviceConfig } from '../src/hw/device-config.ts'
+import { DESC_SIZE, makeDescriptor, writeDescriptor, type Descriptor } from '../src/hw/descriptor.ts'
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef'
 export const adminHeaders = { authorization: `Bearer ${ADMIN_TOKEN}` }
@@ -24,8 +26,20 @@ export function tempStateDir (t: TestLike): string {
   return dir
 }
 
-export type BuildExtras = Pick<AppOptions, 'clock' | 'routes'>
+export type BuildExtras = Pick<AppOptions, 'clock' | 'routes' | 'devices'>
 
+/**
+ * The built-in devices with one engine thread each: an engine thread takes a few hundred
+ * milliseconds to start under tsx, and most route tests never reach one.
+ */
+export function testDevices (): DeviceConfig[] {
+  return structuredClone(DEFAULT_DEVICES).map(d => ({ ...d, engines: 1 }))
+}
+
+/**
+ * Builds the app and waits until it is ready (the devices' engines started). Devices:
+ * `extras.devices`, else WARPD_DEVICES_FILE when the overrides set it, else testDevices().
+ */
 export async function build (t: TestLike, overrides: Partial<Config> = {}, extras: BuildExtras = {}): Promise<FastifyInstance> {
   const env: Record<string, unknown> = {
     WARPD_STATE_DIR: overrides.WARPD_STATE_DIR ?? tempStateDir(t),
@@ -36,9 +50,11 @@ export async function build (t: TestLike, overrides: Partial<Config> = {}, extra
   }
   // `WARPD_ADMIN_TOKEN: undefined` in overrides means: let the server generate one.
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k]
-  const app = await buildApp({ config: loadConfig(env), ...extras })
+  const devices = extras.devices ?? (overrides.WARPD_DEVICES_FILE === undefined ? testDevices() : undefined)
+  const app = await buildApp({ config: loadConfig(env), ...extras, devices })
   t.teardown(async () => await app.close())
   await app.ready()
+  await app.lifecycle.settled
   return app
 }
 
@@ -77,4 +93,35 @@ export function problem (res: LightMyRequestResponse): Record<string, unknown> &
   const type = String(res.headers['content-type'])
   if (!type.startsWith('application/problem+json')) throw new Error(`not a problem: ${type} ${res.body}`)
   return res.json()
+}
+
+export const OCTET = 'application/octet-stream'
+
+/** Creates a queue on `device` for `pid`; answers the queue view. */
+export async function createQueue (app: FastifyInstance, tenant: TestTenant, device: string, body: Record<string, unknown>): Promise<{ qid: string, pasid?: number, hwQueue?: number, kind: string }> {
+  const res = await app.inject({ method: 'POST', url: `/v1/devices/${device}/queues`, headers: tenant.headers, payload: body })
+  if (res.statusCode !== 201) throw new Error(`createQueue: ${res.statusCode} ${res.body}`)
+  return res.json()
+}
+
+/** CPU store of `data` at `addr` in the process. */
+export async function store (app: FastifyInstance, tenant: TestTenant, pid: number, addr: string | number, data: Uint8Array): Promise<void> {
+  const at = typeof addr === 'number' ? `0x${addr.toString(16)}` : addr
+  const res = await app.inject({ method: 'PUT', url: `/v1/processes/${pid}/memory/${at}`, headers: { ...tenant.headers, 'content-type': OCTET }, payload: Buffer.from(data) })
+  if (res.statusCode !== 200) throw new Error(`store: ${res.statusCode} ${res.body}`)
+}
+
+/** CPU load of `length` bytes at `addr` in the process. */
+export async function load (app: FastifyInstance, tenant: TestTenant, pid: number, addr: string | number, length: number): Promise<Buffer> {
+  const at = typeof addr === 'number' ? `0x${addr.toString(16)}` : addr
+  const res = await app.inject({ method: 'GET', url: `/v1/processes/${pid}/memory/${at}?length=${length}`, headers: tenant.headers })
+  if (res.statusCode !== 200) throw new Error(`load: ${res.statusCode} ${res.body}`)
+  return res.rawPayload
+}
+
+/** N descriptors as N x 64 bytes. */
+export function encodeDescriptors (descs: Array<Partial<Descriptor> & { opcode: number }>): Buffer {
+  const buf = Buffer.alloc(descs.length * DESC_SIZE)
+  descs.forEach((d, i) => writeDescriptor(buf, i * DESC_SIZE, makeDescriptor(d)))
+  return buf
 }

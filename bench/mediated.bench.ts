@@ -1,0 +1,121 @@
+/**
+ * Issue 4's benchmark: mediated submissions per second (POST /v1/queues/{qid}/submit on
+ * a sync_only queue of wd1, octet-stream in and out), with 1 NOOP and with 32 NOOPs per
+ * request, against a bare fastify POST route that takes the same octet-stream body and
+ * answers as many bytes (N x 32) without doing anything. Both listen on 127.0.0.1; the
+ * load comes from a worker thread over keep-alive sockets at the same concurrency, so the
+ * server's event loop is what is measured, and the two run in alternating rounds.
+ *
+ * The ratio is what the mediated path costs on top of an HTTP request: auth, the route,
+ * the kernel (validate, queue on a kernel hardware queue, wait), the device and an engine
+ * round trip through the shared-memory rings, and the answer.
+ */
+import { Worker } from 'node:worker_threads'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Fastify from 'fastify'
+import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
+import { DESC_SIZE, Opcode, makeDescriptor, writeDescriptor } from '../src/hw/descriptor.ts'
+import { fmt, paired } from './harness.ts'
+
+const CONCURRENCY = 16
+const SECONDS = 1
+const ROUNDS = 7
+const ADMIN = 'bench-admin-token-0123456789abcdef'
+
+/** The load generator: plain JS in a worker, `concurrency` requests always in flight. */
+const CLIENT = `
+const http = require('node:http')
+const { parentPort, workerData } = require('node:worker_threads')
+const { port, path, headers, body, seconds, concurrency } = workerData
+const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency })
+const payload = Buffer.from(body)
+let done = 0
+let bad = 0
+const end = Date.now() + seconds * 1000
+function one () {
+  return new Promise(resolve => {
+    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { ...headers, 'content-length': payload.length } }, res => {
+      let n = 0
+      res.on('data', c => { n += c.length })
+      res.on('end', () => { if (res.statusCode === 200 && n === payload.length / 2) done++; else bad++; resolve() })
+    })
+    req.on('error', () => { bad++; resolve() })
+    req.end(payload)
+  })
+}
+async function loop () { while (Date.now() < end) await one() }
+const t0 = performance.now()
+Promise.all(Array.from({ length: concurrency }, loop)).then(() => {
+  agent.destroy()
+  parentPort.postMessage({ done, bad, seconds: (performance.now() - t0) / 1000 })
+})
+`
+
+async function load (port: number, path: string, headers: Record<string, string>, body: Buffer): Promise<number> {
+  const w = new Worker(CLIENT, { eval: true, workerData: { port, path, headers, body, seconds: SECONDS, concurrency: CONCURRENCY } })
+  const r = await new Promise<{ done: number, bad: number, seconds: number }>((resolve, reject) => {
+    w.once('message', resolve)
+    w.once('error', reject)
+  })
+  await w.terminate()
+  if (r.bad > 0) throw new Error(`${r.bad} requests to ${path} failed`)
+  return r.done / r.seconds
+}
+
+function noops (n: number): Buffer {
+  const b = Buffer.alloc(n * DESC_SIZE)
+  for (let i = 0; i < n; i++) writeDescriptor(b, i * DESC_SIZE, makeDescriptor({ opcode: Opcode.NOOP, tag: BigInt(i) }))
+  return b
+}
+
+export async function benchMediated (): Promise<string[]> {
+  const out: string[] = []
+  const stateDir = await mkdtemp(join(tmpdir(), 'warpd-bench-'))
+  const config = loadConfig({
+    WARPD_STATE_DIR: stateDir,
+    WARPD_ADMIN_TOKEN: ADMIN,
+    WARPD_PHYS_MEM_BYTES: 16 * 2 ** 20,
+    // The per-tenant request rate would be the bottleneck otherwise.
+    WARPD_RATE_LIMIT: 1_000_000_000
+  })
+  const app = await buildApp({ config })
+  const bare = Fastify({ logger: false })
+  bare.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => { done(null, body) })
+  bare.post('/submit', async (request, reply) => {
+    const body = request.body as Buffer
+    return await reply.type('application/octet-stream').send(Buffer.alloc(body.length / 2))
+  })
+  try {
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    await app.lifecycle.settled
+    await bare.listen({ host: '127.0.0.1', port: 0 })
+    const appPort = (app.server.address() as { port: number }).port
+    const barePort = (bare.server.address() as { port: number }).port
+
+    const tenant = await app.inject({ method: 'POST', url: '/v1/admin/tenants', headers: { authorization: `Bearer ${ADMIN}` }, payload: { name: 'bench' } })
+    const auth = { authorization: `Bearer ${tenant.json<{ token: string }>().token}` }
+    const pid = (await app.inject({ method: 'POST', url: '/v1/processes', headers: auth })).json<{ pid: number }>().pid
+    const qid = (await app.inject({ method: 'POST', url: '/v1/devices/wd1/queues', headers: auth, payload: { pid } })).json<{ qid: string }>().qid
+    const headers = { ...auth, 'content-type': 'application/octet-stream' }
+
+    for (const n of [1, 32]) {
+      const body = noops(n)
+      // Warm both paths (JIT, sockets) before measuring.
+      await load(appPort, `/v1/queues/${qid}/submit`, headers, body)
+      await load(barePort, '/submit', { 'content-type': 'application/octet-stream' }, body)
+      const r = await paired(ROUNDS, async () => [
+        await load(appPort, `/v1/queues/${qid}/submit`, headers, body),
+        await load(barePort, '/submit', { 'content-type': 'application/octet-stream' }, body)
+      ])
+      out.push(`| mediated submit, ${n} NOOP${n > 1 ? 's' : ''} a request, ${CONCURRENCY} in flight, keep-alive | ${fmt(r.num)} req/s (${fmt(r.num * n)} descriptors/s); bare fastify POST ${fmt(r.den)} req/s | ${(r.ratio * 100).toFixed(0)}% of the bare route |`)
+    }
+  } finally {
+    await bare.close()
+    await app.close()
+    await rm(stateDir, { recursive: true, force: true })
+  }
+  return out
+}
