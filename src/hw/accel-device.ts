@@ -11,9 +11,8 @@
  * Every accepted descriptor gets exactly one completion (DESIGN.md invariant 5).
  */
 import {
-  AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode,
-  SHA256_SIZE, Status, ivAddr, keyAddr, opcodeName, readAddr, readU32, validateInPlace, writeU32, writeU64,
-  type Limits, type OpcodeName
+  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, opcodeName, readAddr,
+  readU32, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type PoolJob } from './engine-pool.ts'
@@ -62,11 +61,6 @@ function regionSg (frames: number[], va: number, len: number): Sg {
 }
 
 const EMPTY: Sg = { addrs: [], lens: [] }
-
-/** Output bound of raw deflate for n input bytes (zlib's deflateBound, stored-block worst case). */
-function deflateBound (n: number): number {
-  return n + Math.ceil(n / 16383) * 5 + 64
-}
 
 export class AccelDevice implements QueueHost {
   readonly config: DeviceConfig
@@ -272,8 +266,6 @@ export class AccelDevice implements QueueHost {
     const flags = d[DESC.FLAGS]
     const size = readU32(d, DESC.SIZE)
     const dstSize = readU32(d, DESC.DST_SIZE)
-    const src = readAddr(d, DESC.SRC)
-    const dst = readAddr(d, DESC.DST)
     e.access?.release()
     const access = this.iommu.beginAccess(e.ctx)
     e.access = access
@@ -293,61 +285,29 @@ export class AccelDevice implements QueueHost {
     const blocking = (flags & Flag.BLOCK_ON_FAULT) !== 0
     // Streaming ops run the prefix before a source fault; the others need all their input.
     const streaming = opcode === Opcode.MEMMOVE || opcode === Opcode.COMPARE || opcode === Opcode.CRC32
-    const hold = (va: number, len: number, write: boolean): { sg: Sg, done: number, code: number } => {
+    for (const r of descriptorRegions(d, this.config.maxTransferSize)) {
+      // MEMMOVE, FILL and COMPARE reach only as far into dst as the source went
+      const len = r.role === 'dst' && opcode <= Opcode.COMPARE ? Math.min(r.len, job.size) : r.len
+      if (len === 0) continue
       const frames: number[] = []
-      const r = this.iommu.holdRange(this.iotlb, access, va, len, write, frames)
-      return { sg: regionSg(frames, va, r.done), done: r.done, code: r.code }
-    }
-    const fail = (va: number, write: boolean, code: number, done: number): undefined | 'async' => {
-      if (blocking && code !== Xlate.NO_MAPPING) return 'async'
-      this.#fault(e, va, write, code, done)
-      return undefined
-    }
-    if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
-      const ka = keyAddr(job.args)
-      const k = hold(ka, AES_KEY_SIZE, false)
-      if (k.code < 0) return fail(ka + k.done, false, k.code, 0)
-      const ia = ivAddr(job.args)
-      const iv = hold(ia, AES_IV_SIZE, false)
-      if (iv.code < 0) return fail(ia + iv.done, false, iv.code, 0)
-      job.key = k.sg
-      job.iv = iv.sg
-    }
-    if (opcode !== Opcode.FILL) {
-      const s = hold(src, size, false)
-      job.src = s.sg
-      if (s.code < 0) {
-        if (blocking && s.code !== Xlate.NO_MAPPING) return 'async'
-        if (!streaming || s.done === 0) return fail(src + s.done, false, s.code, 0)
-        e.srcFault = { addr: src + s.done, info: s.code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done: s.done }
-        job.size = s.done
-      }
-    }
-    let dlen = 0
-    let dwrite = true
-    switch (opcode) {
-      case Opcode.MEMMOVE: case Opcode.FILL: dlen = job.size; break
-      case Opcode.COMPARE: dlen = job.size; dwrite = false; break
-      case Opcode.SHA256: dlen = SHA256_SIZE; break
-      case Opcode.DEFLATE: dlen = Math.min(dstSize, deflateBound(size)); break
-      case Opcode.INFLATE: dlen = Math.min(dstSize, this.config.maxTransferSize); break
-      case Opcode.ENCRYPT: dlen = Math.min(dstSize, size + AES_TAG_SIZE); break
-      case Opcode.DECRYPT: dlen = Math.min(dstSize, size - AES_TAG_SIZE); break
-    }
-    if (dlen > 0) {
-      const r = hold(dst, dlen, dwrite)
-      job.dst = r.sg
-      if (r.code < 0) {
-        if (blocking && r.code !== Xlate.NO_MAPPING) return 'async'
-        if (!dwrite) {
-          // COMPARE's second source: like a source fault
-          if (r.done === 0) return fail(dst, false, r.code, 0)
-          e.srcFault = { addr: dst + r.done, info: r.code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done: r.done }
-          job.size = r.done
-        } else {
-          // The engine finds whether the output reaches the fault; remember what it was.
-          e.dstFaultCode = r.code
-        }
+      const h = this.iommu.holdRange(this.iotlb, access, r.va, len, r.write, frames)
+      const sg = regionSg(frames, r.va, h.done)
+      if (r.role === 'key') job.key = sg
+      else if (r.role === 'iv') job.iv = sg
+      else if (r.role === 'src') job.src = sg
+      else job.dst = sg
+      if (h.code >= 0) continue
+      if (blocking && h.code !== Xlate.NO_MAPPING) return 'async'
+      if (r.write) {
+        // The engine finds whether the output reaches the fault; remember what it was.
+        e.dstFaultCode = h.code
+      } else if ((r.role === 'src' || r.role === 'dst') && streaming && h.done > 0) {
+        // a source (or COMPARE's second source) faulted part way: run the prefix
+        e.srcFault = { addr: r.va + h.done, info: h.code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done: h.done }
+        job.size = h.done
+      } else {
+        this.#fault(e, r.va + h.done, false, h.code, 0)
+        return undefined
       }
     }
     return job
@@ -384,27 +344,7 @@ export class AccelDevice implements QueueHost {
 
   /** Walks the descriptor's buffers and answers the first untranslatable page. */
   #firstFault (e: Entry): { va: number, write: boolean, code: number } | undefined {
-    const d = e.desc
-    const opcode = d[DESC.OPCODE]
-    const size = readU32(d, DESC.SIZE)
-    const dstSize = readU32(d, DESC.DST_SIZE)
-    const regions: Array<[number, number, boolean]> = []
-    if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
-      const args = d.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16)
-      regions.push([keyAddr(args), AES_KEY_SIZE, false], [ivAddr(args), AES_IV_SIZE, false])
-    }
-    if (opcode !== Opcode.FILL) regions.push([readAddr(d, DESC.SRC), size, false])
-    const dst = readAddr(d, DESC.DST)
-    switch (opcode) {
-      case Opcode.MEMMOVE: case Opcode.FILL: regions.push([dst, size, true]); break
-      case Opcode.COMPARE: regions.push([dst, size, false]); break
-      case Opcode.SHA256: regions.push([dst, SHA256_SIZE, true]); break
-      case Opcode.DEFLATE: regions.push([dst, Math.min(dstSize, deflateBound(size)), true]); break
-      case Opcode.INFLATE: regions.push([dst, Math.min(dstSize, this.config.maxTransferSize), true]); break
-      case Opcode.ENCRYPT: regions.push([dst, Math.min(dstSize, size + AES_TAG_SIZE), true]); break
-      case Opcode.DECRYPT: regions.push([dst, Math.min(dstSize, size - AES_TAG_SIZE), true]); break
-    }
-    for (const [va, len, write] of regions) {
+    for (const { va, len, write } of descriptorRegions(e.desc, this.config.maxTransferSize)) {
       for (let off = 0; off < len;) {
         const code = this.iotlb.translate(e.ctx, va + off, write)
         if (code < 0) return { va: va + off, write, code }

@@ -387,6 +387,55 @@ export function validateDescriptor (d: Descriptor, limits: Limits, opts: Validat
   return 0
 }
 
+/** Output bound of raw deflate for n input bytes (zlib's deflateBound, stored-block worst case). */
+export function deflateBound (n: number): number {
+  return n + Math.ceil(n / 16383) * 5 + 64
+}
+
+/** One buffer a descriptor names: where its address is, and how it is accessed. */
+export interface BufferRegion {
+  role: 'key' | 'iv' | 'src' | 'dst'
+  /** descriptor offset of the address field */
+  field: number
+  va: number
+  len: number
+  write: boolean
+}
+
+/**
+ * The buffers a descriptor names (section 3), in the order a device reads them: the
+ * key and IV, the source, then the destination (COMPARE's second source is read). The
+ * destination is what the output can reach, never more than `maxTransferSize` for an
+ * INFLATE, whatever `dst_size` says. NOOP, DRAIN and BATCH have none here (a BATCH's
+ * array is read by whoever runs the batch).
+ */
+export function descriptorRegions (b: Uint8Array, maxTransferSize: number): BufferRegion[] {
+  const opcode = b[DESC.OPCODE]
+  const size = readU32(b, DESC.SIZE)
+  const dstSize = readU32(b, DESC.DST_SIZE)
+  const out: BufferRegion[] = []
+  if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
+    out.push({ role: 'key', field: DESC.OP_ARGS + OP_ARG.KEY_ADDR, va: readAddr(b, DESC.OP_ARGS + OP_ARG.KEY_ADDR), len: AES_KEY_SIZE, write: false })
+    out.push({ role: 'iv', field: DESC.OP_ARGS + OP_ARG.IV_ADDR, va: readAddr(b, DESC.OP_ARGS + OP_ARG.IV_ADDR), len: AES_IV_SIZE, write: false })
+  }
+  if (opcode >= Opcode.MEMMOVE && opcode <= Opcode.DECRYPT && opcode !== Opcode.FILL) {
+    out.push({ role: 'src', field: DESC.SRC, va: readAddr(b, DESC.SRC), len: size, write: false })
+  }
+  let len = 0
+  let write = true
+  switch (opcode) {
+    case Opcode.MEMMOVE: case Opcode.FILL: len = size; break
+    case Opcode.COMPARE: len = size; write = false; break
+    case Opcode.SHA256: len = SHA256_SIZE; break
+    case Opcode.DEFLATE: len = Math.min(dstSize, deflateBound(size)); break
+    case Opcode.INFLATE: len = Math.min(dstSize, maxTransferSize); break
+    case Opcode.ENCRYPT: len = Math.min(dstSize, size + AES_TAG_SIZE); break
+    case Opcode.DECRYPT: len = Math.min(dstSize, Math.max(0, size - AES_TAG_SIZE)); break
+  }
+  if (len > 0) out.push({ role: 'dst', field: DESC.DST, va: readAddr(b, DESC.DST), len, write })
+  return out
+}
+
 /**
  * validateDescriptor on descriptor bytes in place, without copying op_args: what the
  * device and the kernel check on every descriptor they are handed.

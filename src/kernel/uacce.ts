@@ -12,8 +12,8 @@
  */
 import { AccelDevice } from '../hw/accel-device.ts'
 import {
-  AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, SHA256_SIZE,
-  Status, readAddr, readU32, readU64, validateInPlace, writeU32, writeU64
+  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, readAddr, readU32, readU64,
+  validateInPlace, writeU32, writeU64
 } from '../hw/descriptor.ts'
 import type { DeviceConfig } from '../hw/device-config.ts'
 import { Errno, err, ok, type Result } from '../hw/errno.ts'
@@ -383,25 +383,9 @@ export class Uacce {
     }
     const opcode = desc[DESC.OPCODE]
     const size = readU32(desc, DESC.SIZE)
-    const dstSize = readU32(desc, DESC.DST_SIZE)
     if (opcode === Opcode.NOOP || opcode === Opcode.DRAIN) return 0
     if (opcode === Opcode.BATCH) return this.#prepareBatch(q, m, size)
-    const regions: Array<[number, number, number, boolean]> = []
-    if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
-      regions.push([DESC.OP_ARGS, readAddr(desc, DESC.OP_ARGS), AES_KEY_SIZE, false])
-      regions.push([DESC.OP_ARGS + 8, readAddr(desc, DESC.OP_ARGS + 8), AES_IV_SIZE, false])
-    }
-    if (opcode !== Opcode.FILL) regions.push([DESC.SRC, readAddr(desc, DESC.SRC), size, false])
-    const dst = readAddr(desc, DESC.DST)
-    switch (opcode) {
-      case Opcode.MEMMOVE: case Opcode.FILL: regions.push([DESC.DST, dst, size, true]); break
-      case Opcode.COMPARE: regions.push([DESC.DST, dst, size, false]); break
-      case Opcode.SHA256: regions.push([DESC.DST, dst, SHA256_SIZE, true]); break
-      case Opcode.DEFLATE: case Opcode.INFLATE: regions.push([DESC.DST, dst, Math.min(dstSize, dev.config.maxTransferSize * 2), true]); break
-      case Opcode.ENCRYPT: regions.push([DESC.DST, dst, Math.min(dstSize, size + AES_TAG_SIZE), true]); break
-      case Opcode.DECRYPT: regions.push([DESC.DST, dst, Math.min(dstSize, size - AES_TAG_SIZE), true]); break
-    }
-    for (const [field, va, len, write] of regions) {
+    for (const { field, va, len, write } of descriptorRegions(desc, dev.config.maxTransferSize)) {
       if (len === 0) continue
       const s = this.#mapRegion(q, m, va, len, write)
       if (typeof s !== 'number') {
