@@ -125,3 +125,12 @@ export function encodeDescriptors (descs: Array<Partial<Descriptor> & { opcode: 
   descs.forEach((d, i) => writeDescriptor(buf, i * DESC_SIZE, makeDescriptor(d)))
   return buf
 }
+
+/** Waits (bounded) for a condition that the event loop will make true; throws after `ms`. */
+export async function waitFor (cond: () => boolean, what: string, ms = 20000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise(resolve => setImmediate(resolve))
+  }
+}

@@ -1,7 +1,7 @@
 import crypto from 'node:crypto'
 import t from 'tap'
 import { CR_SIZE, Opcode, Status, readCompletion } from '../../src/hw/descriptor.ts'
-import { OCTET, adminHeaders, build, createProcess, createQueue, createTenant, encodeDescriptors, mmap, problem, store } from '../helper.ts'
+import { OCTET, adminHeaders, build, createProcess, createQueue, createTenant, encodeDescriptors, mmap, problem, store, waitFor } from '../helper.ts'
 
 const P = 4096
 
@@ -20,7 +20,7 @@ t.test('reset: every descriptor in flight completes ABORTED, the device runs aga
     payload: encodeDescriptors(Array.from({ length: 24 }, (_, i) => ({ opcode: Opcode.DEFLATE, src: buf, dst: buf + 260 * P, size: 256 * P, dstSize: 260 * P, tag: BigInt(i), opArgs: new Uint8Array(16).fill(9, 0, 1) })))
   })
   const dev = app.uacce.device('wd1')?.dev
-  while ((dev?.outstanding ?? 0) === 0) await new Promise(resolve => setImmediate(resolve))
+  await waitFor(() => (dev?.outstanding ?? 0) > 0, 'work in flight on wd1')
   const reset = await app.inject({ method: 'POST', url: '/v1/admin/devices/wd1/reset', headers: adminHeaders })
   t.equal(reset.statusCode, 200)
   t.match(reset.json(), { device: 'wd1', aborted: Number })

@@ -2,7 +2,7 @@ import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 import t from 'tap'
 import { CR_SIZE, DESC_SIZE, Flag, Opcode, Status, readCompletion } from '../../src/hw/descriptor.ts'
-import { OCTET, adminHeaders, build, createProcess, createQueue, createTenant, encodeDescriptors, load, mmap, problem, store, type TestTenant } from '../helper.ts'
+import { OCTET, adminHeaders, build, createProcess, createQueue, createTenant, encodeDescriptors, load, mmap, problem, store, type TestTenant, waitFor } from '../helper.ts'
 
 const P = 4096
 
@@ -146,13 +146,17 @@ t.test('the in-flight quota: 429 with Retry-After while full, 409 for a submissi
   const tooBig = await app.inject({ method: 'POST', url, headers: octet, payload: encodeDescriptors(Array.from({ length: 9 }, () => ({ opcode: Opcode.NOOP }))) })
   t.match(problem(tooBig), { status: 409, code: 'WD_ERR_QUOTA', detail: /in-flight quota is 8/ })
 
-  // Eight slow descriptors hold the whole quota while they run.
+  // Eight descriptors hold the whole quota: the kernel queues are stopped (isolated) so
+  // they wait there, whatever the machine's speed, until the isolation is cleared.
+  const wd1 = app.uacce.device('wd1')
+  for (const hw of wd1?.kernelQueues ?? []) wd1?.dev.isolate(hw, 'held by the test')
   const slow = app.inject({ method: 'POST', url, headers: octet, payload: encodeDescriptors(Array.from({ length: 8 }, (_, i) => ({ opcode: Opcode.SHA256, src: buf, dst: buf + 258 * P, size: 256 * P, tag: BigInt(i) }))) })
-  while (app.inflight.get(a.id) === 0) await new Promise(resolve => setImmediate(resolve))
+  await waitFor(() => (app.inflight.get(a.id) ?? 0) > 0, 'the submission to be in flight')
   const refused = await app.inject({ method: 'POST', url, headers: octet, payload: encodeDescriptors([{ opcode: Opcode.NOOP }]) })
   t.equal(refused.statusCode, 429)
   t.equal(refused.headers['retry-after'], '1')
   t.match(problem(refused), { code: 'WD_ERR_INFLIGHT', retryAfter: 1, detail: /8 descriptors in flight \+ 1 exceeds the quota of 8/ })
+  for (const hw of wd1?.kernelQueues ?? []) wd1?.dev.clearIsolation(hw)
   const done = await slow
   t.ok(records(done.rawPayload).every(r => r.status === Status.SUCCESS), 'the running submission was not disturbed')
   t.equal(app.inflight.get(a.id), 0)
@@ -167,11 +171,16 @@ t.test('releasing a queue during a submission: every descriptor answered, the re
   const q = await createQueue(app, a, 'wd1', { pid })
   const buf = Number(await mmap(app, a, pid, { length: 260 * P, prot: 'rw' }))
   const url = `/v1/queues/${q.qid}/submit`
-  const pending = app.inject({ method: 'POST', url, headers: { ...a.headers, 'content-type': OCTET }, payload: encodeDescriptors(Array.from({ length: 30 }, (_, i) => ({ opcode: Opcode.SHA256, src: buf, dst: buf + 258 * P, size: 256 * P, tag: BigInt(i) }))) })
-  while ((app.uacce.queues.get(q.qid)?.inflight ?? 0) === 0) await new Promise(resolve => setImmediate(resolve))
+  // Half the work runs, the rest is held (one kernel queue stopped) when the release comes.
+  const wd1 = app.uacce.device('wd1')
+  const held = wd1?.kernelQueues[1]
+  if (held !== undefined) wd1?.dev.isolate(held, 'held by the test')
+  const pending = app.inject({ method: 'POST', url, headers: { ...a.headers, 'content-type': OCTET }, payload: encodeDescriptors(Array.from({ length: 300 }, (_, i) => ({ opcode: Opcode.SHA256, src: buf, dst: buf + 258 * P, size: 256 * P, tag: BigInt(i) }))) })
+  await waitFor(() => (app.uacce.queues.get(q.qid)?.inflight ?? 0) > 0, 'the submission to be in flight')
   t.equal((await app.inject({ method: 'DELETE', url: `/v1/queues/${q.qid}`, headers: a.headers })).statusCode, 204)
+  if (held !== undefined) wd1?.dev.clearIsolation(held)
   const rs = records((await pending).rawPayload)
-  t.equal(rs.length, 30, 'every descriptor answered')
+  t.equal(rs.length, 300, 'every descriptor answered')
   t.ok(rs.every(r => r.status === Status.SUCCESS || r.status === Status.ABORTED))
   t.ok(rs.some(r => r.status === Status.ABORTED), 'the release aborted what had not run')
   t.equal(app.kernel.meta.pincount.reduce((x, y) => x + y, 0), 0, 'no pin left behind')
