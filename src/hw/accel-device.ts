@@ -11,7 +11,7 @@
  * Every accepted descriptor gets exactly one completion (DESIGN.md invariant 5).
  */
 import {
-  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, opcodeName, readAddr,
+  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, readAddr,
   readU32, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
@@ -625,9 +625,5 @@ export class AccelDevice implements QueueHost {
     await this.drain()
     this.#closed = true
     await this.pool.close()
-  }
-
-  opcodeName (code: number): string {
-    return opcodeName(code) ?? `0x${code.toString(16)}`
   }
 }

@@ -171,13 +171,6 @@ export class Iotlb {
     this.#entries.clear()
     this.#size = 0
   }
-
-  flushContext (ctx: number): void {
-    const pages = this.#entries.get(ctx)
-    if (pages === undefined) return
-    this.#size -= pages.size
-    this.#entries.delete(ctx)
-  }
 }
 
 export class Iommu {
@@ -237,7 +230,6 @@ export class Iommu {
   }
 
   static domainCtx (domainId: number): number { return DOMAIN_CTX_BASE + domainId }
-  static isPasidCtx (ctx: number): boolean { return ctx > 0 && ctx < DOMAIN_CTX_BASE }
 
   /** The page walk behind an IOTLB miss. */
   walk (ctx: number, va: number, write: boolean): number {
