@@ -238,7 +238,12 @@ export default async function doorbellRoutes (fastify: FastifyInstance): Promise
   const channels = new Set<Channel>()
   await fastify.register(websocket, {
     // ws's own cap sits above ours so an oversized frame still gets its PROTOCOL_ERROR
-    options: { maxPayload: MAX_FRAME_BYTES + 64 * 1024 },
+    options: {
+      maxPayload: MAX_FRAME_BYTES + 64 * 1024,
+      // Only our protocol name is ever selected: ws's default would echo the first
+      // offered, which for a browser sending only `bearer.<token>` is the token.
+      handleProtocols: (protocols: Set<string>) => protocols.has('warpdrive.v1') ? 'warpdrive.v1' : false
+    },
     preClose: async function () {
       // Drain: stop reading, let every descriptor in flight complete, flush, then 1001.
       for (const ch of channels) ch.ws.pause()

@@ -62,7 +62,11 @@ export class Doorbell {
     this.ws.binaryType = 'nodebuffer'
     this.#ready = new Promise((resolve, reject) => {
       this.ws.once('error', reject)
-      this.ws.once('unexpected-response', (_req, res) => reject(new DoorbellError(`HTTP_${res.statusCode ?? 0}`, `doorbell refused: HTTP ${res.statusCode ?? 0}`)))
+      this.ws.once('unexpected-response', (req, res) => {
+        // A refused upgrade leaves the connection open unless we end it.
+        req.destroy()
+        reject(new DoorbellError(`HTTP_${res.statusCode ?? 0}`, `doorbell refused: HTTP ${res.statusCode ?? 0}`))
+      })
       this.ws.on('message', (data: Buffer) => {
         if (data[0] === FRAME.HELLO && this.hello === undefined) {
           this.hello = JSON.parse(data.subarray(8).toString()) as Hello

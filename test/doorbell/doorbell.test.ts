@@ -279,3 +279,20 @@ t.test('a client that does not read: the server stops reading it, its buffers st
   t.ok(maxBuffered < 16 * 2 ** 20, `server-side buffering stayed bounded (${maxBuffered} bytes)`)
   ws.terminate()
 })
+
+t.test('the browser form: the token as a subprotocol, only warpdrive.v1 selected', async t => {
+  const s = await start(t)
+  const a = await tenant(s)
+  const url = `${s.base.replace('http', 'ws')}/v1/queues/${a.qid}/doorbell`
+  const ws = new WebSocket(url, ['warpdrive.v1', `bearer.${a.token}`])
+  const hello = await new Promise<Buffer>((resolve, reject) => {
+    ws.once('error', reject)
+    ws.once('message', (d: Buffer) => resolve(d))
+  })
+  t.equal(hello[0], FRAME.HELLO)
+  t.equal(ws.protocol, 'warpdrive.v1', 'the token is never echoed as the selected protocol')
+  await new Promise<void>(resolve => {
+    ws.once('close', () => resolve())
+    ws.close()
+  })
+})
