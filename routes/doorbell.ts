@@ -13,7 +13,7 @@
 import type { FastifyInstance } from 'fastify'
 import websocket from '@fastify/websocket'
 import type { WebSocket, RawData } from 'ws'
-import { CR_SIZE, DESC_SIZE, Status } from '../src/hw/descriptor.ts'
+import { CR, CR_SIZE, DESC, DESC_SIZE, Flag, Status } from '../src/hw/descriptor.ts'
 import { QueueState, type PortListener } from '../src/hw/hw-queue.ts'
 import { Errors, fromErrno } from '../src/errors.ts'
 import { Errno, err } from '../src/hw/errno.ts'
@@ -42,7 +42,8 @@ export const CloseCode = {
 class Channel {
   readonly ws: WebSocket
   readonly queue: Queue
-  #pending: Buffer[] = []
+  /** the COMPLETIONS frame being gathered, header space first */
+  #out: Buffer | undefined
   #pendingCount = 0
   #flushScheduled = false
   #paused = false
@@ -55,8 +56,8 @@ class Channel {
 
   readonly listener: PortListener = {
     completion: (record, flags) => {
-      if ((flags & 0x02) === 0 || this.closed) return // NOTIFY
-      this.#queueRecord(record)
+      if ((flags & Flag.NOTIFY) === 0 || this.closed) return
+      this.#reserve().set(record)
     },
     status: (state, reason) => {
       if (this.closed) return
@@ -69,27 +70,37 @@ class Channel {
     }
   }
 
-  #queueRecord (record: Uint8Array): void {
-    const copy = Buffer.allocUnsafe(CR_SIZE)
-    copy.set(record)
-    this.#pending.push(copy)
+  /**
+   * A slot for one more record in the COMPLETIONS frame being gathered: records are
+   * written straight into the frame that will be sent, never copied twice.
+   */
+  #reserve (): Buffer {
+    const at = FRAME_HEADER + this.#pendingCount * CR_SIZE
+    const out = this.#out
+    if (out === undefined || out.length < at + CR_SIZE) {
+      const grown = Buffer.allocUnsafe(Math.max(FRAME_HEADER + 64 * CR_SIZE, 2 * (out?.length ?? 0)))
+      out?.copy(grown, 0, 0, at)
+      this.#out = grown
+    }
     this.#pendingCount++
     if (!this.#flushScheduled) {
       this.#flushScheduled = true
       setImmediate(() => this.#flush())
     }
+    return (this.#out as Buffer).subarray(at, at + CR_SIZE)
   }
 
   #flush (): void {
     this.#flushScheduled = false
-    if (this.#pendingCount === 0 || this.closed) return
-    const f = frame(Frame.COMPLETIONS, this.#pendingCount, this.#pendingCount * CR_SIZE)
-    let at = FRAME_HEADER
-    for (const r of this.#pending) {
-      r.copy(f, at)
-      at += CR_SIZE
-    }
-    this.#pending = []
+    const out = this.#out
+    const n = this.#pendingCount
+    if (n === 0 || out === undefined || this.closed) return
+    const f = out.subarray(0, FRAME_HEADER + n * CR_SIZE)
+    f[0] = Frame.COMPLETIONS
+    f[1] = f[2] = f[3] = 0
+    f.writeUInt32LE(n, 4)
+    // ws may still hold the sent frame: the next records go into a new one
+    this.#out = undefined
     this.#pendingCount = 0
     this.#send(f)
   }
@@ -175,10 +186,10 @@ class Channel {
     // RETRY and QUEUE_DISABLED are answered at once, on the channel, never in memory.
     const refusal = this.queue.released ? Status.QUEUE_DISABLED : port.lastRefusal
     for (let i = accepted; i < count; i++) {
-      const rec = Buffer.alloc(CR_SIZE)
-      rec[0] = refusal
-      data.copy(rec, 16, FRAME_HEADER + i * DESC_SIZE + 40, FRAME_HEADER + i * DESC_SIZE + 48)
-      this.#queueRecord(rec)
+      const rec = this.#reserve().fill(0)
+      rec[CR.STATUS] = refusal
+      const desc = FRAME_HEADER + i * DESC_SIZE
+      data.copy(rec, CR.TAG, desc + DESC.TAG, desc + DESC.TAG + 8)
     }
   }
 

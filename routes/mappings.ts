@@ -52,10 +52,11 @@ function view (m: MappingInfo): Mapping {
 }
 
 /** The mapping that starts exactly at addr: what DELETE and PATCH act on without a length. */
-function mappingAt (mm: Mm, addr: number): { start: number, end: number } {
+/** Without a length, munmap and mprotect take the whole mapping that starts at addr. */
+function wholeMapping (mm: Mm, addr: number): number {
   const v = mm.findVma(addr)
   if (v === undefined || v.start !== addr) throw new Errors.NotFound(`no mapping starts at ${hex(addr)}`)
-  return v
+  return v.end - v.start
 }
 
 const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
@@ -114,11 +115,7 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
   }, async (request) => {
     const p = ownProcess(kernel, tenantOf(request), request.params.pid)
     const addr = parseAddr(request.params.addr)
-    let length = request.query.length
-    if (length === undefined) {
-      const m = mappingAt(p.mm, addr)
-      length = m.end - m.start
-    }
+    const length = request.query.length ?? wholeMapping(p.mm, addr)
     const bytes = unwrap(p.mm.munmap(addr, length))
     return { addr: hex(addr), length: bytes }
   })
@@ -134,11 +131,7 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
   }, async (request) => {
     const p = ownProcess(kernel, tenantOf(request), request.params.pid)
     const addr = parseAddr(request.params.addr)
-    let length = request.body.length
-    if (length === undefined) {
-      const m = mappingAt(p.mm, addr)
-      length = m.end - m.start
-    }
+    const length = request.body.length ?? wholeMapping(p.mm, addr)
     unwrap(p.mm.mprotect(addr, length, protBits(request.body.prot)))
     const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE
     return { mappings: p.mm.mappings().filter(m => m.start < end && m.end > addr).map(view) }
