@@ -24,6 +24,8 @@ export const TASK_SIZE = 2 ** 47
 /** PASIDs stay below this so (ctx, page) packs into one safe integer key. */
 export const PASID_MAX = 0xffff
 const DOMAIN_CTX_BASE = 0x10000
+/** IOTLB associativity: entries per set */
+const IOTLB_WAYS = 4
 
 export interface IommuFault {
   pasid: number
@@ -90,33 +92,65 @@ export class DeviceAccess {
 
 /**
  * A device's IOTLB: (context, page) to frame, with the write permission cached only once a
- * write walk succeeded. Bounded; invalidated by range from the notifiers and by domain unmaps.
+ * write walk succeeded. Set-associative like a hardware one: a page can live in one set
+ * of WAYS entries, replaced oldest first, so a hit, a miss and an eviction cost the same
+ * whatever the history. (A Map used as a FIFO slows down as deletions pile up at its
+ * front, and a working set one page larger than the cache evicts on every access.)
+ * Invalidated by range from the notifiers and by domain unmaps.
  */
 export class Iotlb {
   hits = 0
   misses = 0
   #size = 0
-  readonly #entries = new Map<number, Map<number, number>>()
+  /** per entry: its context, -1 when empty */
+  readonly #ctx: Int32Array
+  readonly #vpn: Float64Array
+  /** frame * 2 + 1 when the write right is cached */
+  readonly #pte: Int32Array
+  /** per set: the way to replace next */
+  readonly #victim: Uint8Array
+  readonly #sets: number
+  readonly #ways: number
 
   readonly name: string
   readonly iommu: Iommu
+  /** entries, rounded up to whole sets */
   readonly capacity: number
 
   constructor (name: string, iommu: Iommu, capacity = 4096) {
     this.name = name
     this.iommu = iommu
-    this.capacity = capacity
+    this.#ways = Math.max(1, Math.min(IOTLB_WAYS, capacity))
+    this.#sets = Math.max(1, Math.ceil(capacity / this.#ways))
+    this.capacity = this.#sets * this.#ways
+    this.#ctx = new Int32Array(this.capacity).fill(-1)
+    this.#vpn = new Float64Array(this.capacity)
+    this.#pte = new Int32Array(this.capacity)
+    this.#victim = new Uint8Array(this.#sets)
   }
 
   get size (): number { return this.#size }
 
+  #set (ctx: number, vpn: number): number {
+    return (vpn + ctx * 0x9e37) % this.#sets
+  }
+
+  /** The entry index holding (ctx, vpn), or -1. */
+  #find (ctx: number, vpn: number): number {
+    const base = this.#set(ctx, vpn) * this.#ways
+    for (let i = base; i < base + this.#ways; i++) {
+      if (this.#ctx[i] === ctx && this.#vpn[i] === vpn) return i
+    }
+    return -1
+  }
+
   /** The frame for (ctx, va) with the access, or a negative Xlate code. */
   translate (ctx: number, va: number, write: boolean): number {
     const vpn = Math.floor(va / PAGE_SIZE)
-    let pages = this.#entries.get(ctx)
-    if (pages !== undefined) {
-      const e = pages.get(vpn)
-      if (e !== undefined && (!write || (e & 1) === 1)) {
+    let at = this.#find(ctx, vpn)
+    if (at >= 0) {
+      const e = this.#pte[at]
+      if (!write || (e & 1) === 1) {
         this.hits++
         return e >>> 1
       }
@@ -124,51 +158,43 @@ export class Iotlb {
     this.misses++
     const frame = this.iommu.walk(ctx, va, write)
     if (frame < 0) return frame
-    if (pages === undefined) {
-      pages = new Map()
-      this.#entries.set(ctx, pages)
+    if (at < 0) {
+      const set = this.#set(ctx, vpn)
+      const way = this.#victim[set]
+      this.#victim[set] = (way + 1) % this.#ways
+      at = set * this.#ways + way
+      if (this.#ctx[at] < 0) this.#size++
+      this.#ctx[at] = ctx
+      this.#vpn[at] = vpn
     }
-    if (!pages.has(vpn)) {
-      if (this.#size >= this.capacity) this.#evictOne()
-      this.#size++
-    }
-    pages.set(vpn, frame * 2 + (write ? 1 : 0))
+    this.#pte[at] = frame * 2 + (write ? 1 : 0)
     return frame
   }
 
-  /** Drops the oldest entry of the oldest context: Map iteration order is insertion order. */
-  #evictOne (): void {
-    const oldest = this.#entries.entries().next()
-    if (oldest.done === true) return
-    const [ctx, pages] = oldest.value
-    const vpn = pages.keys().next().value
-    if (vpn !== undefined) pages.delete(vpn)
+  #drop (at: number): void {
+    if (this.#ctx[at] < 0) return
+    this.#ctx[at] = -1
     this.#size--
-    if (pages.size === 0) this.#entries.delete(ctx)
   }
 
   flushRange (ctx: number, start: number, end: number): void {
-    const pages = this.#entries.get(ctx)
-    if (pages === undefined) return
+    if (this.#size === 0) return
     const first = Math.floor(start / PAGE_SIZE)
     const last = Math.ceil(end / PAGE_SIZE)
-    if (last - first < pages.size) {
+    if (last - first <= this.#sets) {
       for (let v = first; v < last; v++) {
-        if (pages.delete(v)) this.#size--
+        const at = this.#find(ctx, v)
+        if (at >= 0) this.#drop(at)
       }
-    } else {
-      for (const v of pages.keys()) {
-        if (v >= first && v < last) {
-          pages.delete(v)
-          this.#size--
-        }
-      }
+      return
     }
-    if (pages.size === 0) this.#entries.delete(ctx)
+    for (let at = 0; at < this.capacity; at++) {
+      if (this.#ctx[at] === ctx && this.#vpn[at] >= first && this.#vpn[at] < last) this.#drop(at)
+    }
   }
 
   flushAll (): void {
-    this.#entries.clear()
+    this.#ctx.fill(-1)
     this.#size = 0
   }
 }
