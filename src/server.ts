@@ -24,6 +24,12 @@ const logger = pino({
   redact: ['req.headers.authorization', 'request.headers.authorization', 'req.headers["sec-websocket-protocol"]']
 })
 
+// glibc reads its tunables once, at exec: past this point only a warning can help.
+const glibc = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime
+if (glibc !== undefined && process.env.MALLOC_TOP_PAD_ === undefined && process.env.GLIBC_TUNABLES?.includes('top_pad') !== true) {
+  logger.warn('MALLOC_TOP_PAD_ is not set: engines working on large buffers may run several times slower (README, "Memory allocator"); npm start and the container image set it')
+}
+
 let app: Awaited<ReturnType<typeof buildApp>>
 try {
   app = await buildApp({ config, logger })
