@@ -23,8 +23,13 @@ import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
 
 /** UACCE_DEV_SVA, include/uapi/misc/uacce/uacce.h */
 export const UACCE_DEV_SVA = 0x1
-/** jobs in the engines per engine thread before the arbiter holds work back in the queues */
-const JOBS_PER_ENGINE = 64
+/**
+ * Jobs in the engines per engine thread before the arbiter holds work back in the queues.
+ * Deep enough that an engine does not run dry while the main thread completes the last
+ * round (64 halved small-descriptor throughput here); the arbiter's weights act on what
+ * waits behind it.
+ */
+const JOBS_PER_ENGINE = 256
 /** page requests one descriptor may make before it is failed (a livelock guard) */
 const MAX_PAGE_REQUESTS = 64
 
@@ -77,6 +82,15 @@ export class AccelDevice implements QueueHost {
   readonly #finished: Array<[Entry, EngineResult]> = []
   readonly #stalled: PoolJob[] = []
   #finishScheduled = false
+  #pumpScheduled = false
+  // Bound once: a closure per descriptor costs an allocation (and, under tsx, a __name call).
+  readonly #waitAccess = (a: DeviceAccess): void => { this.pool.waitJob(a.job) }
+  readonly #finishTask = (): void => this.#finishAll()
+  readonly #pumpTask = (): void => {
+    this.#pumpScheduled = false
+    this.#pump()
+  }
+
   #pumping = false
   #rr = 0
   #nextId = 1
@@ -170,8 +184,14 @@ export class AccelDevice implements QueueHost {
     return e
   }
 
+  /**
+   * A doorbell write: the arbiter runs once the current turn's writes are in, so a burst
+   * of writes reaches the engines as one batch (one publish, at most one wake-up each).
+   */
   kick (): void {
-    this.#pump()
+    if (this.#pumpScheduled) return
+    this.#pumpScheduled = true
+    queueMicrotask(this.#pumpTask)
   }
 
   // --- the arbiter ---
@@ -250,7 +270,8 @@ export class AccelDevice implements QueueHost {
     e.state = 'running'
     const access = e.access as DeviceAccess
     access.state = 'running'
-    access.wait = () => { this.pool.waitJob(e.id) }
+    access.job = e.id
+    access.wait = this.#waitAccess
     this.#running.set(e.id, e)
     jobs.push(job)
   }
@@ -407,7 +428,7 @@ export class AccelDevice implements QueueHost {
     if (!this.#finishScheduled) {
       this.#finishScheduled = true
       // Not from inside a notifier's wait: records and new work wait for the current change.
-      queueMicrotask(() => this.#finishAll())
+      queueMicrotask(this.#finishTask)
     }
   }
 
@@ -449,7 +470,7 @@ export class AccelDevice implements QueueHost {
     record[CR.FAULT_INFO] = faultInfo
     writeU32(record, CR.BYTES_COMPLETED, bytesCompleted)
     writeU64(record, CR.FAULT_ADDR, faultAddr)
-    record.set(d.subarray(DESC.TAG, DESC.TAG + 8), CR.TAG)
+    for (let i = 0; i < 8; i++) record[CR.TAG + i] = d[DESC.TAG + i]
     writeU64(record, CR.VALUE, value)
     record[CR.STATUS] = status
     const flags = d[DESC.FLAGS]
@@ -466,19 +487,21 @@ export class AccelDevice implements QueueHost {
     if (status === Status.SUCCESS) q.counters.bytes += bytesCompleted
     if (status === Status.ABORTED) q.counters.aborted++
     this.observer?.(q, port, status, d[DESC.OPCODE], bytesCompleted, (performance.now() - e.t0) * 1e6)
-    const deliver = (): void => {
-      if (typeof token === 'function') (token as CompletionCallback)(record)
-      else if (!port.closed) port.listener.completion(record, flags)
-      if (parent !== undefined) {
-        if (status !== Status.SUCCESS) parent.failedChildren++
-        if (--parent.children === 0) {
-          const failed = parent.failedChildren
-          this.#complete(parent, failed === 0 ? Status.SUCCESS : Status.BATCH_FAILED, 0, 0, 0, 0, failed)
-        }
+    if (write !== 0 && this.#writeRecord(e.ctx, write, record, token, port, flags, parent, status)) return
+    this.#deliver(record, token, port, flags, parent, status)
+  }
+
+  /** The port (or the submitter's callback) hears of a completion; a batch hears of its member. */
+  #deliver (record: Uint8Array, token: unknown, port: QueuePort, flags: number, parent: Entry | undefined, status: number): void {
+    if (typeof token === 'function') (token as CompletionCallback)(record)
+    else if (!port.closed) port.listener.completion(record, flags)
+    if (parent !== undefined) {
+      if (status !== Status.SUCCESS) parent.failedChildren++
+      if (--parent.children === 0) {
+        const failed = parent.failedChildren
+        this.#complete(parent, failed === 0 ? Status.SUCCESS : Status.BATCH_FAILED, 0, 0, 0, 0, failed)
       }
     }
-    if (write !== 0) this.#writeRecord(e.ctx, write, record, deliver)
-    else deliver()
   }
 
   #retire (e: Entry): void {
@@ -512,30 +535,35 @@ export class AccelDevice implements QueueHost {
     }
   }
 
-  /** Body first, status byte last (PROTOCOL.md section 2), then the port hears of it. */
-  #writeRecord (ctx: number, va: number, record: Uint8Array, then: () => void): void {
-    const put = (): boolean => {
-      const frame = this.iotlb.translate(ctx, va, true)
-      if (frame < 0) return false
-      const at = frame * PAGE_SIZE + (va % PAGE_SIZE)
-      const bytes = this.mem.bytes
-      bytes[at + CR.STATUS] = 0
-      bytes.set(record.subarray(1), at + 1)
-      bytes[at + CR.STATUS] = record[CR.STATUS]
-      return true
-    }
-    if (put()) return then()
+  /**
+   * Body first, status byte last (PROTOCOL.md section 2). Answers true when the record
+   * waits for a page request: the port hears of it after that, not from the caller.
+   */
+  #writeRecord (ctx: number, va: number, record: Uint8Array, token: unknown, port: QueuePort, flags: number, parent: Entry | undefined, status: number): boolean {
+    if (this.#putRecord(ctx, va, record)) return false
     const code = this.iotlb.translate(ctx, va, true)
     if (code === Xlate.NO_MAPPING) {
       this.iommu.reportFault(ctx, va, true, code, this.id, false)
-      return then()
+      return false
     }
     const served = this.iommu.pageRequest(ctx, va, true)
     const after = (ok: boolean): void => {
-      if (!ok || !put()) this.iommu.reportFault(ctx, va, true, code, this.id, ok)
-      then()
+      if (!ok || !this.#putRecord(ctx, va, record)) this.iommu.reportFault(ctx, va, true, code, this.id, ok)
+      this.#deliver(record, token, port, flags, parent, status)
     }
     served.then(after, () => after(false)).catch(() => {})
+    return true
+  }
+
+  #putRecord (ctx: number, va: number, record: Uint8Array): boolean {
+    const frame = this.iotlb.translate(ctx, va, true)
+    if (frame < 0) return false
+    const at = frame * PAGE_SIZE + (va % PAGE_SIZE)
+    const bytes = this.mem.bytes
+    bytes[at + CR.STATUS] = 0
+    bytes.set(record.subarray(1), at + 1)
+    bytes[at + CR.STATUS] = record[CR.STATUS]
+    return true
   }
 
   // --- resets, releases, isolation ---

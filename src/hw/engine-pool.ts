@@ -42,7 +42,7 @@ export const SQ = {
   HEAD: 0,
   /** worker: WorkerState */
   STATE: 1,
-  /** worker: 1 while it sleeps on DOORBELL, so a publish to a busy worker costs no wake-up */
+  /** worker sets 1 before it sleeps on DOORBELL; the publish that takes it back to 0 wakes it */
   SLEEPING: 2,
   /** main: words published */
   TAIL: 16,
@@ -192,6 +192,37 @@ function mergedCount (sg: Sg | undefined): number {
     end = sg.addrs[i] + l
   }
   return n
+}
+
+/**
+ * Writes an Sg's segments at word `p` of ring `d` (mask `m`), adjacent ones merged, and
+ * their count at word `countAt`; answers the word after them. (A module function, not a
+ * closure per job: closures in the hot path cost an allocation each.)
+ */
+function appendSegs (d: Uint32Array, m: number, p: number, sg: Sg | undefined, countAt: number): number {
+  let n = 0
+  if (sg !== undefined) {
+    let end = -1
+    let lenAt = -1
+    for (let i = 0; i < sg.lens.length; i++) {
+      const l = sg.lens[i]
+      if (l === 0) continue
+      const addr = sg.addrs[i]
+      if (addr === end) {
+        d[lenAt & m] += l
+      } else {
+        d[p & m] = addr % TWO_32
+        d[(p + 1) & m] = Math.floor(addr / TWO_32)
+        d[(p + 2) & m] = l
+        lenAt = p + 2
+        p += SE.SEG_WORDS
+        n++
+      }
+      end = addr + l
+    }
+  }
+  d[countAt & m] = n
+  return p
 }
 
 export function entryWords (job: EngineJob): number {
@@ -407,33 +438,10 @@ export class EnginePool {
     const m = lane.sqMask
     const base = lane.sqTail
     let p = base + SE.HEADER_WORDS
-    const seg = (sg: Sg | undefined): number => {
-      if (sg === undefined) return 0
-      let n = 0
-      let end = -1
-      let lenAt = -1
-      for (let i = 0; i < sg.lens.length; i++) {
-        const l = sg.lens[i]
-        if (l === 0) continue
-        const addr = sg.addrs[i]
-        if (addr === end) {
-          d[lenAt & m] += l
-        } else {
-          d[p & m] = addr % TWO_32
-          d[(p + 1) & m] = Math.floor(addr / TWO_32)
-          d[(p + 2) & m] = l
-          lenAt = p + 2
-          p += SE.SEG_WORDS
-          n++
-        }
-        end = addr + l
-      }
-      return n
-    }
-    d[(base + SE.NSRC) & m] = seg(job.src)
-    d[(base + SE.NDST) & m] = seg(job.dst)
-    d[(base + SE.NKEY) & m] = seg(job.key)
-    d[(base + SE.NIV) & m] = seg(job.iv)
+    p = appendSegs(d, m, p, job.src, base + SE.NSRC)
+    p = appendSegs(d, m, p, job.dst, base + SE.NDST)
+    p = appendSegs(d, m, p, job.key, base + SE.NKEY)
+    appendSegs(d, m, p, job.iv, base + SE.NIV)
     d[(base + SE.WORDS) & m] = words
     d[(base + SE.ID_LO) & m] = job.id % TWO_32
     d[(base + SE.ID_HI) & m] = Math.floor(job.id / TWO_32)
@@ -465,9 +473,10 @@ export class EnginePool {
     lane.sqPublished = lane.sqTail
     Atomics.store(lane.sqh, SQ.TAIL, lane.sqTail)
     // The doorbell word always moves, so a worker about to sleep sees it changed and
-    // does not; only one already asleep needs the (costly) futex wake.
+    // does not; only one already asleep needs the (costly) futex wake, and only once:
+    // whoever takes SLEEPING from 1 to 0 wakes it, later publishes before it runs don't.
     Atomics.add(lane.sqh, SQ.DOORBELL, 1)
-    if (Atomics.load(lane.sqh, SQ.SLEEPING) !== 0) Atomics.notify(lane.sqh, SQ.DOORBELL)
+    if (Atomics.compareExchange(lane.sqh, SQ.SLEEPING, 1, 0) === 1) Atomics.notify(lane.sqh, SQ.DOORBELL)
     lane.batches++
   }
 

@@ -61,7 +61,9 @@ export class DeviceAccess {
   /** a translation it used was invalidated before it started running: translate again */
   stale = false
   /** set by the device when the access starts running: blocks until it is done */
-  wait: (() => void) | undefined
+  wait: ((a: DeviceAccess) => void) | undefined
+  /** the device's job running under this access, for its `wait` */
+  job = -1
 
   readonly ctx: number
   readonly iommu: Iommu
@@ -341,7 +343,7 @@ export class Iommu {
     for (const a of [...set]) {
       if (!a.overlaps(start, end)) continue
       if (a.state === 'translating') a.stale = true
-      else if (a.state === 'running') a.wait?.()
+      else if (a.state === 'running') a.wait?.(a)
     }
   }
 

@@ -275,6 +275,9 @@ t.test('munmap waits for the engine before the frames go', async t => {
   rig.store(buf, new Uint8Array(512 * P).fill(9))
   const n = c.port.submit(encode([{ opcode: Opcode.MEMMOVE, src: buf, dst: buf + 256 * P, size: 2 ** 20, tag: 1n }]), 0, 1)
   t.equal(n, 1)
+  // the arbiter starts it once the doorbell write's turn is over; the engine is still on it
+  await Promise.resolve()
+  t.equal(rig.kernel.iommu.accessesInFlight(), 1, 'the device is running it')
   const r = rig.p.mm.munmap(buf, 512 * P)
   t.ok(r.ok)
   t.equal(rig.kernel.iommu.accessesInFlight(), 0, 'the notifier waited for the running access')
