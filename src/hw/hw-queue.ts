@@ -135,6 +135,8 @@ export class HwQueue {
   /** accepted and not yet completed, oldest first (Set keeps insertion order) */
   readonly outstanding = new Set<Entry>()
   readonly ring: Uint8Array
+  /** a view of each ring slot, made once */
+  readonly #slots: Uint8Array[]
   readonly #freeSlots: number[] = []
   readonly #lanes = new Map<number, Lane>()
   readonly #order: Lane[] = []
@@ -152,6 +154,7 @@ export class HwQueue {
     this.priority = priority
     this.host = host
     this.ring = new Uint8Array(depth * DESC_SIZE)
+    this.#slots = Array.from({ length: depth }, (_, i) => this.ring.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE))
     for (let i = depth - 1; i >= 0; i--) this.#freeSlots.push(i)
   }
 
@@ -171,11 +174,13 @@ export class HwQueue {
       return 0
     }
     const n = Math.min(count, this.#freeSlots.length)
+    const ring = this.ring
     for (let i = 0; i < n; i++) {
       const slot = this.#freeSlots.pop() as number
       const at = slot * DESC_SIZE
-      this.ring.set(buf.subarray(off + i * DESC_SIZE, off + (i + 1) * DESC_SIZE), at)
-      const desc = this.ring.subarray(at, at + DESC_SIZE)
+      // a loop, not set(subarray()): no view allocated per descriptor
+      for (let k = 0, from = off + i * DESC_SIZE; k < DESC_SIZE; k++) ring[at + k] = buf[from + k]
+      const desc = this.#slots[slot]
       // The device stamps the PASID: whatever the tenant wrote there is overwritten.
       desc[DESC.PASID] = port.pasid & 0xff
       desc[DESC.PASID + 1] = (port.pasid >>> 8) & 0xff
