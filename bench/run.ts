@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every benchmark, each ratio measured against its bare denominator in
- * the same run. Prints a Markdown table; `--write` replaces the matching section of
- * bench/RESULTS.md.
+ * the same run. Prints Markdown tables; bench/RESULTS.md keeps them with the notes that
+ * explain them.
  */
 import { machine } from './harness.ts'
 import { benchDevice } from './device.bench.ts'
