@@ -169,3 +169,41 @@ t.test('IOTLB is bounded and evicts oldest first', async t => {
   tlb.translate(pasid, a, false)
   t.equal(tlb.misses, 9, 'the oldest was evicted')
 })
+
+t.test('IOTLB is set-associative: rounded to whole sets, right under thrashing, flushed by range', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const q = k.createProcess('t')
+  const pp = must(k.bindPasid(p))
+  const pq = must(k.bindPasid(q))
+  const tlb = k.iommu.createIotlb('odd', 10)
+  t.equal(tlb.capacity, 12, '10 entries round up to 3 sets of 4 ways')
+  const a = must(p.mm.mmap({ length: 40 * P, prot: RW, shared: false }))
+  const b = must(q.mm.mmap({ length: 40 * P, prot: RW, shared: false }))
+  must(p.mm.store(a, bytes(40 * P)))
+  must(q.mm.store(b, bytes(40 * P)))
+  // a working set over three times the cache, two contexts interleaved, twice over
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 40; i++) {
+      t.equal(tlb.translate(pp, a + i * P, i % 2 === 0), k.iommu.translate(pp, a + i * P, false))
+      t.equal(tlb.translate(pq, b + i * P, false), k.iommu.translate(pq, b + i * P, false))
+    }
+  }
+  t.ok(tlb.size <= tlb.capacity, `size ${tlb.size} within capacity`)
+  t.equal(tlb.hits + tlb.misses, 160)
+  // a small range is probed page by page, a large one scanned: both drop only that context
+  tlb.flushAll()
+  for (let i = 0; i < 3; i++) {
+    tlb.translate(pp, a + i * P, false)
+    tlb.translate(pq, b + i * P, false)
+  }
+  t.equal(tlb.size, 6)
+  tlb.flushRange(pp, a + P, a + 2 * P)
+  t.equal(tlb.size, 5, 'one page of one context')
+  tlb.flushRange(pq, 0, 2 ** 47)
+  t.equal(tlb.size, 2, 'every page of the other context')
+  const misses = tlb.misses
+  tlb.translate(pp, a, false)
+  tlb.translate(pp, a + 2 * P, false)
+  t.equal(tlb.misses, misses, 'what was not flushed still hits')
+})
