@@ -31,7 +31,7 @@ function config (): DeviceConfig {
 }
 
 /** Closed loop: keep `window` descriptors outstanding, `batch` per doorbell write. */
-export async function deviceRate (opcode: number, batch: number): Promise<number> {
+async function deviceRate (opcode: number, batch: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 64 * 2 ** 20 })
   const dev = new AccelDevice(config(), k.iommu)
   await dev.pool.ready()
@@ -68,7 +68,7 @@ export async function deviceRate (opcode: number, batch: number): Promise<number
 }
 
 /** The bare ring handoff: empty jobs through the same rings to the same number of workers. */
-export async function bareRate (batch: number): Promise<number> {
+async function bareRate (batch: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 16 * 2 ** 20 })
   let done = 0
   let wake: (() => void) | undefined
@@ -101,7 +101,7 @@ export async function bareRate (batch: number): Promise<number> {
 }
 
 /** Bytes per second of `op` on `size`-byte buffers through the device's engines. */
-export async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number): Promise<number> {
+async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 256 * 2 ** 20 })
   const dev = new AccelDevice(config(), k.iommu)
   await dev.pool.ready()
@@ -152,7 +152,7 @@ export async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: 
   return done * size / secs
 }
 
-export async function bareThroughput (op: string, size: number): Promise<number> {
+async function bareThroughput (op: string, size: number): Promise<number> {
   const here = fileURLToPath(import.meta.url)
   const entry = new URL('./bare-worker' + extname(here), import.meta.url)
   const results = await Promise.all(Array.from({ length: ENGINES }, async () => await new Promise<{ ops: number, seconds: number }>((resolve, reject) => {

@@ -137,9 +137,9 @@ export class Iotlb {
     return (vpn + ctx * 0x9e37) % this.#sets
   }
 
-  /** The entry index holding (ctx, vpn), or -1. */
-  #find (ctx: number, vpn: number): number {
-    const base = this.#set(ctx, vpn) * this.#ways
+  /** The entry index holding (ctx, vpn) in its set, or -1. */
+  #find (set: number, ctx: number, vpn: number): number {
+    const base = set * this.#ways
     for (let i = base; i < base + this.#ways; i++) {
       if (this.#ctx[i] === ctx && this.#vpn[i] === vpn) return i
     }
@@ -149,7 +149,8 @@ export class Iotlb {
   /** The frame for (ctx, va) with the access, or a negative Xlate code. */
   translate (ctx: number, va: number, write: boolean): number {
     const vpn = Math.floor(va / PAGE_SIZE)
-    let at = this.#find(ctx, vpn)
+    const set = this.#set(ctx, vpn)
+    let at = this.#find(set, ctx, vpn)
     if (at >= 0) {
       const e = this.#pte[at]
       if (!write || (e & 1) === 1) {
@@ -161,7 +162,6 @@ export class Iotlb {
     const frame = this.iommu.walk(ctx, va, write)
     if (frame < 0) return frame
     if (at < 0) {
-      const set = this.#set(ctx, vpn)
       const way = this.#victim[set]
       this.#victim[set] = (way + 1) % this.#ways
       at = set * this.#ways + way
@@ -173,8 +173,8 @@ export class Iotlb {
     return frame
   }
 
+  /** Empties a valid entry. */
   #drop (at: number): void {
-    if (this.#ctx[at] < 0) return
     this.#ctx[at] = -1
     this.#size--
   }
@@ -185,7 +185,7 @@ export class Iotlb {
     const last = Math.ceil(end / PAGE_SIZE)
     if (last - first <= this.#sets) {
       for (let v = first; v < last; v++) {
-        const at = this.#find(ctx, v)
+        const at = this.#find(this.#set(ctx, v), ctx, v)
         if (at >= 0) this.#drop(at)
       }
       return
