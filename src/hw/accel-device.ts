@@ -76,10 +76,19 @@ export class AccelDevice implements QueueHost {
   readonly pool: EnginePool
   readonly limits: Limits
   observer: CompletionObserver | undefined
-  readonly #running = new Map<number, Entry>()
-  readonly #byCtx = new Map<number, Set<Entry>>()
+  /**
+   * Entries in the engines, by job slot (the engine job's id). Slots are reused, lowest
+   * free first; a Map keyed by ever-growing ids grew and shrank with every burst instead.
+   */
+  readonly #jobs: Array<Entry | undefined> = []
+  readonly #freeJobs: number[] = []
+  #running = 0
+  /** per context, its outstanding entries oldest first (a list through Entry.cPrev/cNext) */
+  readonly #byCtx = new Map<number, { oldest: Entry | undefined, newest: Entry | undefined }>()
   readonly #drains: Entry[] = []
-  readonly #finished: Array<[Entry, EngineResult]> = []
+  readonly #finished: Entry[] = []
+  /** the completion record being delivered: listeners copy what they keep */
+  readonly #record = new Uint8Array(CR_SIZE)
   readonly #stalled: PoolJob[] = []
   #finishScheduled = false
   #pumpScheduled = false
@@ -172,14 +181,23 @@ export class AccelDevice implements QueueHost {
       srcFault: undefined,
       dstFaultCode: 0,
       t0: performance.now(),
-      state: 'queued'
+      state: 'queued',
+      job: -1,
+      engine: undefined,
+      qPrev: undefined,
+      qNext: undefined,
+      cPrev: undefined,
+      cNext: undefined
     }
-    let set = this.#byCtx.get(e.ctx)
-    if (set === undefined) {
-      set = new Set()
-      this.#byCtx.set(e.ctx, set)
+    let list = this.#byCtx.get(e.ctx)
+    if (list === undefined) {
+      list = { oldest: undefined, newest: undefined }
+      this.#byCtx.set(e.ctx, list)
     }
-    set.add(e)
+    e.cPrev = list.newest
+    if (list.newest !== undefined) list.newest.cNext = e
+    else list.oldest = e
+    list.newest = e
     this.#outstanding++
     return e
   }
@@ -219,7 +237,7 @@ export class AccelDevice implements QueueHost {
     this.#pumping = true
     const jobs: PoolJob[] = []
     try {
-      while (this.#running.size + jobs.length < this.maxJobs && this.#stalled.length === 0) {
+      while (this.#running < this.maxJobs && this.#stalled.length === 0) {
         const e = this.#next()
         if (e === undefined) break
         this.#start(e, jobs)
@@ -267,12 +285,15 @@ export class AccelDevice implements QueueHost {
   }
 
   #run (e: Entry, job: PoolJob, jobs: PoolJob[]): void {
+    job.id = this.#freeJobs.length > 0 ? this.#freeJobs.pop() as number : this.#jobs.length
     e.state = 'running'
     const access = e.access as DeviceAccess
     access.state = 'running'
-    access.job = e.id
+    access.job = job.id
     access.wait = this.#waitAccess
-    this.#running.set(e.id, e)
+    e.job = job.id
+    this.#jobs[job.id] = e
+    this.#running++
     jobs.push(job)
   }
 
@@ -293,7 +314,7 @@ export class AccelDevice implements QueueHost {
     e.srcFault = undefined
     e.dstFaultCode = 0
     const job: PoolJob = {
-      id: e.id,
+      id: -1,
       opcode,
       flags,
       size,
@@ -418,13 +439,14 @@ export class AccelDevice implements QueueHost {
   // --- completion ---
 
   #onEngine (id: number, r: EngineResult): void {
-    const e = this.#running.get(id)
+    const e = this.#jobs[id]
     if (e === undefined) return
-    this.#running.delete(id)
+    this.#unrun(e)
     // The engine is done with the frames: a notifier waiting on this access may go on.
     e.access?.release()
     e.access = undefined
-    this.#finished.push([e, r])
+    e.engine = r
+    this.#finished.push(e)
     if (!this.#finishScheduled) {
       this.#finishScheduled = true
       // Not from inside a notifier's wait: records and new work wait for the current change.
@@ -432,10 +454,22 @@ export class AccelDevice implements QueueHost {
     }
   }
 
+  /** The entry's job left the engines (done, or aborted before they took it): its slot is free. */
+  #unrun (e: Entry): void {
+    this.#jobs[e.job] = undefined
+    this.#freeJobs.push(e.job)
+    e.job = -1
+    this.#running--
+  }
+
   #finishAll (): void {
     this.#finishScheduled = false
-    const done = this.#finished.splice(0)
-    for (const [e, r] of done) {
+    const done = this.#finished
+    // #complete may start new work, whose completions queue behind these
+    for (let i = 0; i < done.length; i++) {
+      const e = done[i]
+      const r = e.engine as EngineResult
+      e.engine = undefined
       const d = e.desc
       if (r.status === Status.PAGE_FAULT && e.dstFaultCode < 0) {
         const va = readAddr(d, DESC.DST) + r.value
@@ -451,6 +485,7 @@ export class AccelDevice implements QueueHost {
         this.#complete(e, r.status, r.result, 0, bytes, 0, r.value)
       }
     }
+    done.length = 0
     this.#pump()
   }
 
@@ -465,28 +500,34 @@ export class AccelDevice implements QueueHost {
     e.access?.release()
     e.access = undefined
     const d = e.desc
-    const record = new Uint8Array(CR_SIZE)
-    record[CR.RESULT] = result
-    record[CR.FAULT_INFO] = faultInfo
-    writeU32(record, CR.BYTES_COMPLETED, bytesCompleted)
-    writeU64(record, CR.FAULT_ADDR, faultAddr)
-    for (let i = 0; i < 8; i++) record[CR.TAG + i] = d[DESC.TAG + i]
-    writeU64(record, CR.VALUE, value)
-    record[CR.STATUS] = status
     const flags = d[DESC.FLAGS]
+    const opcode = d[DESC.OPCODE]
+    const tagLo = readU32(d, DESC.TAG)
+    const tagHi = readU32(d, DESC.TAG + 4)
     const q = e.queue
     const parent = e.parent
     const token = e.token
     const port = e.port
     const write = (flags & Flag.COMPLETION_RECORD) !== 0 ? readAddr(d, DESC.COMPLETION_ADDR) : 0
-    // The ring slot (and so `d`) is free once the entry is retired.
+    // The ring slot (and so `d`) is free once the entry is retired; retiring may also
+    // complete a DRAIN, so the shared record is filled only after it.
     this.#retire(e)
     if (status === Status.PAGE_FAULT && q.recordFault(Date.now(), this.config.isolateStrategy.faults, this.config.isolateStrategy.windowMs)) {
       q.setState(QueueState.ISOLATED, `more than ${this.config.isolateStrategy.faults} faults in ${this.config.isolateStrategy.windowMs} ms`)
     }
     if (status === Status.SUCCESS) q.counters.bytes += bytesCompleted
     if (status === Status.ABORTED) q.counters.aborted++
-    this.observer?.(q, port, status, d[DESC.OPCODE], bytesCompleted, (performance.now() - e.t0) * 1e6)
+    this.observer?.(q, port, status, opcode, bytesCompleted, (performance.now() - e.t0) * 1e6)
+    const record = this.#record
+    record[CR.RESULT] = result
+    record[CR.FAULT_INFO] = faultInfo
+    record[CR.RESERVED] = 0
+    writeU32(record, CR.BYTES_COMPLETED, bytesCompleted)
+    writeU64(record, CR.FAULT_ADDR, faultAddr)
+    writeU32(record, CR.TAG, tagLo)
+    writeU32(record, CR.TAG + 4, tagHi)
+    writeU64(record, CR.VALUE, value)
+    record[CR.STATUS] = status
     if (write !== 0 && this.#writeRecord(e.ctx, write, record, token, port, flags, parent, status)) return
     this.#deliver(record, token, port, flags, parent, status)
   }
@@ -507,14 +548,17 @@ export class AccelDevice implements QueueHost {
   #retire (e: Entry): void {
     const q = e.queue
     if (e.parent === undefined) {
-      q.outstanding.delete(e)
-      q.freeSlot(e.slot)
+      q.retire(e)
       q.counters.completed++
     }
-    const set = this.#byCtx.get(e.ctx)
-    if (set !== undefined) {
-      set.delete(e)
-      if (set.size === 0) this.#byCtx.delete(e.ctx)
+    const list = this.#byCtx.get(e.ctx)
+    if (list !== undefined) {
+      if (e.cPrev !== undefined) e.cPrev.cNext = e.cNext
+      else list.oldest = e.cNext
+      if (e.cNext !== undefined) e.cNext.cPrev = e.cPrev
+      else list.newest = e.cPrev
+      e.cPrev = e.cNext = undefined
+      if (list.oldest === undefined) this.#byCtx.delete(e.ctx)
     }
     this.#outstanding--
     if (this.#drains.length > 0) this.#checkDrains(e.ctx)
@@ -526,7 +570,7 @@ export class AccelDevice implements QueueHost {
     for (let i = 0; i < this.#drains.length; i++) {
       const dr = this.#drains[i]
       if (dr.ctx !== ctx) continue
-      const oldest = this.#byCtx.get(ctx)?.values().next().value
+      const oldest = this.#byCtx.get(ctx)?.oldest
       if (oldest === dr || dr.aborted) {
         this.#drains.splice(i, 1)
         this.#complete(dr, dr.aborted ? Status.ABORTED : Status.SUCCESS)
@@ -547,6 +591,8 @@ export class AccelDevice implements QueueHost {
       return false
     }
     const served = this.iommu.pageRequest(ctx, va, true)
+    // delivered later: the shared record will hold other completions by then
+    record = record.slice()
     const after = (ok: boolean): void => {
       if (!ok || !this.#putRecord(ctx, va, record)) this.iommu.reportFault(ctx, va, true, code, this.id, ok)
       this.#deliver(record, token, port, flags, parent, status)
@@ -574,9 +620,9 @@ export class AccelDevice implements QueueHost {
     for (const e of q.takeAllPending()) this.#complete(e, Status.ABORTED)
     for (const dr of [...this.#drains]) if (dr.aborted) this.#checkDrains(dr.ctx)
     this.#stalled.splice(0, this.#stalled.length, ...this.#stalled.filter(j => {
-      const e = this.#running.get(j.id)
+      const e = this.#jobs[j.id]
       if (e === undefined || e.queue !== q) return true
-      this.#running.delete(j.id)
+      this.#unrun(e)
       this.#complete(e, Status.ABORTED)
       return false
     }))
@@ -617,7 +663,9 @@ export class AccelDevice implements QueueHost {
 
   /** Flags every outstanding entry (batch members and descriptors awaiting page requests too). */
   #markAborted (match: (e: Entry) => boolean): void {
-    for (const set of this.#byCtx.values()) for (const e of set) if (match(e)) e.aborted = true
+    for (const list of this.#byCtx.values()) {
+      for (let e = list.oldest; e !== undefined; e = e.cNext) if (match(e)) e.aborted = true
+    }
   }
 
   isolate (q: HwQueue, reason: string): void {

@@ -130,26 +130,121 @@ export interface PoolStats {
   workers: WorkerStats[]
 }
 
-/** FIFO of the jobs a worker holds, in submission order (its completion order). */
+/**
+ * FIFO of the jobs a worker holds, in submission order (its completion order): a ring
+ * over typed arrays, at most `maxInflight` long, so pushing and shifting allocate nothing.
+ */
 class Fifo {
-  ids: number[] = []
-  costs: number[] = []
+  readonly ids: Float64Array
+  readonly costs: Float64Array
+  readonly #mask: number
   head = 0
-  get length (): number { return this.ids.length - this.head }
-  push (id: number, cost: number): void {
-    this.ids.push(id)
-    this.costs.push(cost)
+  tail = 0
+  constructor (capacity: number) {
+    this.ids = new Float64Array(capacity)
+    this.costs = new Float64Array(capacity)
+    this.#mask = capacity - 1
   }
 
-  shift (): [number, number] {
-    const r: [number, number] = [this.ids[this.head], this.costs[this.head]]
-    this.head++
-    if (this.head > 1024 && this.head * 2 > this.ids.length) {
-      this.ids = this.ids.slice(this.head)
-      this.costs = this.costs.slice(this.head)
-      this.head = 0
+  get length (): number { return this.tail - this.head }
+  push (id: number, cost: number): void {
+    const at = this.tail++ & this.#mask
+    this.ids[at] = id
+    this.costs[at] = cost
+  }
+
+  /** the oldest job's id; its cost is `frontCost` until the shift */
+  get front (): number { return this.ids[this.head & this.#mask] }
+  get frontCost (): number { return this.costs[this.head & this.#mask] }
+  shift (): void { this.head++ }
+}
+
+const EMPTY_KEY = -1
+/** a job id taken by a submit still checking its batch */
+const RESERVED = -2
+
+/**
+ * Job id to lane index, open addressing with linear probing over typed arrays. A Map here
+ * grew and shrank with every burst of jobs (V8 shrinks a Map that falls under half
+ * full), rehashing each time: it was the pool's largest cost per job.
+ */
+export class IdMap {
+  #keys: Float64Array
+  #vals: Int32Array
+  #mask: number
+  size = 0
+
+  constructor (capacity = 1024) {
+    const cap = 2 ** Math.max(4, Math.ceil(Math.log2(capacity)))
+    this.#keys = new Float64Array(cap).fill(EMPTY_KEY)
+    this.#vals = new Int32Array(cap)
+    this.#mask = cap - 1
+  }
+
+  #home (id: number): number {
+    // ToUint32 is the id modulo 2**32: low and high words of any safe integer
+    return (Math.imul((id >>> 0) ^ Math.imul((id / TWO_32) >>> 0, 0x27d4eb2d), 0x9e3779b1) >>> 0) & this.#mask
+  }
+
+  #find (id: number): number {
+    const keys = this.#keys
+    for (let i = this.#home(id); ; i = (i + 1) & this.#mask) {
+      const k = keys[i]
+      if (k === id) return i
+      if (k === EMPTY_KEY) return -1 - i
     }
-    return r
+  }
+
+  /** the value, or -1 when absent */
+  get (id: number): number {
+    const i = this.#find(id)
+    return i >= 0 ? this.#vals[i] : -1
+  }
+
+  has (id: number): boolean { return this.#find(id) >= 0 }
+
+  set (id: number, value: number): void {
+    let i = this.#find(id)
+    if (i < 0) {
+      if ((this.size + 1) * 2 > this.#mask + 1) {
+        this.#grow()
+        i = this.#find(id)
+      }
+      i = -1 - i
+      this.#keys[i] = id
+      this.size++
+    }
+    this.#vals[i] = value
+  }
+
+  delete (id: number): boolean {
+    let i = this.#find(id)
+    if (i < 0) return false
+    this.size--
+    // backward shift: close the gap so every later key stays reachable from its home
+    const keys = this.#keys
+    const mask = this.#mask
+    for (let j = (i + 1) & mask; keys[j] !== EMPTY_KEY; j = (j + 1) & mask) {
+      const h = this.#home(keys[j])
+      const stays = i <= j ? (i < h && h <= j) : (i < h || h <= j)
+      if (stays) continue
+      keys[i] = keys[j]
+      this.#vals[i] = this.#vals[j]
+      i = j
+    }
+    keys[i] = EMPTY_KEY
+    return true
+  }
+
+  #grow (): void {
+    const keys = this.#keys
+    const vals = this.#vals
+    const cap = (this.#mask + 1) * 2
+    this.#keys = new Float64Array(cap).fill(EMPTY_KEY)
+    this.#vals = new Int32Array(cap)
+    this.#mask = cap - 1
+    this.size = 0
+    for (let i = 0; i < keys.length; i++) if (keys[i] !== EMPTY_KEY) this.set(keys[i], vals[i])
   }
 }
 
@@ -168,6 +263,8 @@ interface Lane {
   cqHead: number
   fifo: Fifo
   load: number
+  /** appended to by the submit under way, to be published at its end */
+  touched: boolean
   alive: boolean
   armed: boolean
   ready: boolean
@@ -275,7 +372,9 @@ export class EnginePool {
   readonly maxInflight: number
   readonly ringBytes: number
   readonly #lanes: Lane[] = []
-  readonly #where = new Map<number, Lane>()
+  readonly #where = new IdMap()
+  /** entry words of the jobs of the submit under way */
+  #words: number[] = []
   #rr = 0
   #short = false
   #closing: Promise<void> | undefined
@@ -317,8 +416,9 @@ export class EnginePool {
         cqd: new Uint32Array(cq, RING_HEADER_BYTES),
         cqMask: cqEntries - 1,
         cqHead: start,
-        fifo: new Fifo(),
+        fifo: new Fifo(cqEntries),
         load: 0,
+        touched: false,
         alive: true,
         armed: false,
         ready: false,
@@ -384,28 +484,39 @@ export class EnginePool {
     if (arg === undefined) return 0
     const jobs: readonly PoolJob[] = Array.isArray(arg) ? arg : [arg as PoolJob]
     if (pinned !== undefined && this.#lanes[pinned] === undefined) throw new RangeError(`no engine ${pinned}`)
-    // every check before any job is queued, so a throw leaves nothing half-submitted
-    const words = new Array<number>(jobs.length)
-    const batchIds = jobs.length > 1 ? new Set<number>() : undefined
+    // every check before any job is queued, so a throw leaves nothing half-submitted; the
+    // ids are reserved as they pass, which also finds a duplicate within the batch
+    const words = this.#words
     for (let k = 0; k < jobs.length; k++) {
       const id = jobs[k].id
-      if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`bad job id ${id}`)
-      if (this.#where.has(id) || batchIds?.has(id) === true) throw new Error(`job ${id} is already in flight`)
-      batchIds?.add(id)
-      words[k] = entryWords(jobs[k])
-      if (words[k] > this.ringBytes / 4) throw new RangeError(`job ${id} needs ${words[k] * 4} ring bytes, the ring has ${this.ringBytes}`)
+      let bad: Error | undefined
+      if (!Number.isSafeInteger(id) || id < 0) bad = new RangeError(`bad job id ${id}`)
+      else if (this.#where.has(id)) bad = new Error(`job ${id} is already in flight`)
+      else {
+        words[k] = entryWords(jobs[k])
+        if (words[k] > this.ringBytes / 4) bad = new RangeError(`job ${id} needs ${words[k] * 4} ring bytes, the ring has ${this.ringBytes}`)
+      }
+      if (bad !== undefined) {
+        for (let i = 0; i < k; i++) this.#where.delete(jobs[i].id)
+        throw bad
+      }
+      this.#where.set(id, RESERVED)
     }
-    const touched = new Set<Lane>()
     let accepted = 0
     for (let k = 0; k < jobs.length; k++) {
       const lane = pinned !== undefined
         ? this.#append(this.#lanes[pinned], jobs[k], words[k])
         : this.#appendLeastLoaded(jobs[k], words[k])
       if (lane === undefined) break
-      touched.add(lane)
+      lane.touched = true
       accepted++
     }
-    for (const lane of touched) this.#publish(lane)
+    for (let k = accepted; k < jobs.length; k++) this.#where.delete(jobs[k].id)
+    for (const lane of this.#lanes) {
+      if (!lane.touched) continue
+      lane.touched = false
+      this.#publish(lane)
+    }
     if (accepted < jobs.length) this.#short = true
     return accepted
   }
@@ -454,7 +565,7 @@ export class EnginePool {
     lane.fifo.push(job.id, cost)
     lane.load += cost
     lane.submitted++
-    this.#where.set(job.id, lane)
+    this.#where.set(job.id, lane.index)
     if (lane.fifo.length === 1) this.#updateRef(lane)
     return lane
   }
@@ -512,10 +623,12 @@ export class EnginePool {
   }
 
   #retire (lane: Lane, id: number): void {
-    const [fid, cost] = lane.fifo.shift()
+    const fifo = lane.fifo
+    const fid = fifo.front
     if (fid !== id) throw new Error(`engine ${lane.index} completed job ${id}, expected ${fid}`)
+    lane.load -= fifo.frontCost
+    fifo.shift()
     this.#where.delete(id)
-    lane.load -= cost
     lane.completed++
     if (lane.fifo.length === 0) this.#updateRef(lane)
   }
@@ -561,7 +674,7 @@ export class EnginePool {
    * main thread to finish a job, so this cannot deadlock against them.
    */
   waitJob (jobId: number, timeoutMs = Infinity): EngineResult | undefined {
-    const lane = this.#where.get(jobId)
+    const lane = this.#lanes[this.#where.get(jobId)]
     if (lane === undefined) return undefined
     const deadline = performance.now() + timeoutMs
     for (;;) {
@@ -587,7 +700,7 @@ export class EnginePool {
     this.onError?.(message)
     let aborted = 0
     while (lane.fifo.length > 0) {
-      const id = lane.fifo.ids[lane.fifo.head]
+      const id = lane.fifo.front
       this.#retire(lane, id)
       const r: EngineResult = { status: Status.ABORTED, result: 0, bytesCompleted: 0, value: 0 }
       if (id === want) found = r

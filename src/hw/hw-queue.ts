@@ -9,6 +9,7 @@
  * a queue that is not running answers QUEUE_DISABLED, both at once and never in memory.
  */
 import { DESC, DESC_SIZE, Flag, Status } from './descriptor.ts'
+import type { EngineResult } from './engine-ops.ts'
 import type { DeviceAccess } from './iommu.ts'
 import type { QueueMode } from './device-config.ts'
 
@@ -57,6 +58,19 @@ export interface Entry {
   dstFaultCode: number
   t0: number
   state: 'queued' | 'translating' | 'running' | 'done'
+  /** its engine job's id while it runs (the device's job slot), else -1 */
+  job: number
+  /** the engine's answer, between the engine and the completion */
+  engine: EngineResult | undefined
+  /**
+   * Intrusive links, oldest first: the queue's outstanding entries (q), and the device's
+   * outstanding entries of one context (c). Sets here grew and shrank with every burst,
+   * rehashing as they went; a link costs two stores.
+   */
+  qPrev: Entry | undefined
+  qNext: Entry | undefined
+  cPrev: Entry | undefined
+  cNext: Entry | undefined
 }
 
 /** A submitter's handle on a queue: what the kernel hands out when it binds a queue. */
@@ -132,8 +146,10 @@ export class HwQueue {
   /** dedicated and kernel queues are handed to one owner at a time */
   allocated = false
   readonly ports = new Set<QueuePort>()
-  /** accepted and not yet completed, oldest first (Set keeps insertion order) */
-  readonly outstanding = new Set<Entry>()
+  /** accepted and not yet completed: a list through Entry.qPrev/qNext, oldest first */
+  #oldest: Entry | undefined
+  #newest: Entry | undefined
+  #occupancy = 0
   readonly ring: Uint8Array
   /** a view of each ring slot, made once */
   readonly #slots: Uint8Array[]
@@ -158,7 +174,7 @@ export class HwQueue {
     for (let i = depth - 1; i >= 0; i--) this.#freeSlots.push(i)
   }
 
-  get occupancy (): number { return this.outstanding.size }
+  get occupancy (): number { return this.#occupancy }
   get pending (): number { return this.#pending }
 
   attach (ctx: number, pasid: number, listener: PortListener, weight = 1): QueuePort {
@@ -199,7 +215,12 @@ export class HwQueue {
 
   /** Called by the device for each accepted entry. */
   enqueue (e: Entry): void {
-    this.outstanding.add(e)
+    e.qPrev = this.#newest
+    e.qNext = undefined
+    if (this.#newest !== undefined) this.#newest.qNext = e
+    else this.#oldest = e
+    this.#newest = e
+    this.#occupancy++
     let lane = this.#lanes.get(e.ctx)
     if (lane === undefined) {
       lane = { ctx: e.ctx, items: [], head: 0, credit: 0, weight: e.port.weight }
@@ -211,8 +232,15 @@ export class HwQueue {
     this.#pending++
   }
 
-  freeSlot (slot: number): void {
-    if (slot >= 0) this.#freeSlots.push(slot)
+  /** An enqueued entry completed: it leaves the outstanding list and frees its ring slot. */
+  retire (e: Entry): void {
+    if (e.qPrev !== undefined) e.qPrev.qNext = e.qNext
+    else this.#oldest = e.qNext
+    if (e.qNext !== undefined) e.qNext.qPrev = e.qPrev
+    else this.#newest = e.qPrev
+    e.qPrev = e.qNext = undefined
+    this.#occupancy--
+    if (e.slot >= 0) this.#freeSlots.push(e.slot)
   }
 
   /**
@@ -237,7 +265,7 @@ export class HwQueue {
         continue
       }
       const e = lane.items[lane.head]
-      if ((e.desc[DESC.FLAGS] & Flag.FENCE) !== 0 && this.outstanding.values().next().value !== e) {
+      if ((e.desc[DESC.FLAGS] & Flag.FENCE) !== 0 && this.#oldest !== e) {
         this.#cursor++
         continue
       }

@@ -64,6 +64,9 @@ export class DeviceAccess {
   wait: ((a: DeviceAccess) => void) | undefined
   /** the device's job running under this access, for its `wait` */
   job = -1
+  /** the context's accesses in flight, a list (a Set grew and shrank with every burst) */
+  prev: DeviceAccess | undefined
+  next: DeviceAccess | undefined
 
   readonly ctx: number
   readonly iommu: Iommu
@@ -205,7 +208,7 @@ export class Iommu {
   readonly #pasids = new Map<number, IommuAddressSpace>()
   readonly #domains = new Map<number, IovaDomain>()
   readonly #iotlbs: Iotlb[] = []
-  readonly #accesses = new Map<number, Set<DeviceAccess>>()
+  readonly #accesses = new Map<number, { first: DeviceAccess | undefined, last: DeviceAccess | undefined, count: number }>()
   #nextPasid = 1
   faultsRecorded = 0
   pageRequests = 0
@@ -307,27 +310,35 @@ export class Iommu {
 
   beginAccess (ctx: number): DeviceAccess {
     const a = new DeviceAccess(ctx, this)
-    let set = this.#accesses.get(ctx)
-    if (set === undefined) {
-      set = new Set()
-      this.#accesses.set(ctx, set)
+    let list = this.#accesses.get(ctx)
+    if (list === undefined) {
+      list = { first: undefined, last: undefined, count: 0 }
+      this.#accesses.set(ctx, list)
     }
-    set.add(a)
+    a.prev = list.last
+    if (list.last !== undefined) list.last.next = a
+    else list.first = a
+    list.last = a
+    list.count++
     return a
   }
 
   /** Called by DeviceAccess.release. */
   forgetAccess (a: DeviceAccess): void {
-    const set = this.#accesses.get(a.ctx)
-    if (set === undefined) return
-    set.delete(a)
-    if (set.size === 0) this.#accesses.delete(a.ctx)
+    const list = this.#accesses.get(a.ctx)
+    if (list === undefined) return
+    if (a.prev !== undefined) a.prev.next = a.next
+    else list.first = a.next
+    if (a.next !== undefined) a.next.prev = a.prev
+    else list.last = a.prev
+    a.prev = a.next = undefined
+    if (--list.count === 0) this.#accesses.delete(a.ctx)
   }
 
   accessesInFlight (ctx?: number): number {
-    if (ctx !== undefined) return this.#accesses.get(ctx)?.size ?? 0
+    if (ctx !== undefined) return this.#accesses.get(ctx)?.count ?? 0
     let n = 0
-    for (const s of this.#accesses.values()) n += s.size
+    for (const l of this.#accesses.values()) n += l.count
     return n
   }
 
@@ -338,9 +349,12 @@ export class Iommu {
    */
   invalidate (ctx: number, start: number, end: number): void {
     for (const tlb of this.#iotlbs) tlb.flushRange(ctx, start, end)
-    const set = this.#accesses.get(ctx)
-    if (set === undefined) return
-    for (const a of [...set]) {
+    const list = this.#accesses.get(ctx)
+    if (list === undefined) return
+    // a copy: waiting delivers completions, which release (unlink) accesses
+    const running: DeviceAccess[] = []
+    for (let a = list.first; a !== undefined; a = a.next) running.push(a)
+    for (const a of running) {
       if (!a.overlaps(start, end)) continue
       if (a.state === 'translating') a.stale = true
       else if (a.state === 'running') a.wait?.(a)

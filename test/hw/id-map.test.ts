@@ -1,0 +1,47 @@
+import t from 'tap'
+import fc from 'fast-check'
+import { IdMap } from '../../src/hw/engine-pool.ts'
+
+// Ids from a small pool collide in the probe sequences; ids past 2**32 and 2**52 check
+// the hash takes both words.
+const idArb = fc.oneof(
+  fc.nat(40),
+  fc.integer({ min: 2 ** 32 - 8, max: 2 ** 32 + 8 }),
+  fc.constantFrom(2 ** 52, 2 ** 52 + 1, Number.MAX_SAFE_INTEGER, 2 ** 33 + 5)
+)
+
+t.test('the engine pool\'s id map answers as a Map does, through growth and deletions', async t => {
+  const opArb = fc.oneof(
+    fc.record({ op: fc.constant('set' as const), id: idArb, v: fc.nat(7) }),
+    fc.record({ op: fc.constant('delete' as const), id: idArb }),
+    fc.record({ op: fc.constant('get' as const), id: idArb })
+  )
+  fc.assert(fc.property(fc.array(opArb, { maxLength: 300 }), ops => {
+    // 16 slots to start with: a few dozen ids make it grow, deletions wrap the table
+    const m = new IdMap(16)
+    const model = new Map<number, number>()
+    for (const o of ops) {
+      if (o.op === 'set') {
+        m.set(o.id, o.v)
+        model.set(o.id, o.v)
+      } else if (o.op === 'delete') {
+        if (m.delete(o.id) !== model.delete(o.id)) return false
+      }
+      if (m.size !== model.size) return false
+      for (const [id, v] of model) if (m.get(id) !== v || !m.has(id)) return false
+      if (o.op === 'get' && !model.has(o.id) && (m.get(o.id) !== -1 || m.has(o.id))) return false
+    }
+    return true
+  }), { numRuns: 300 })
+  t.pass('300 runs of up to 300 operations agree with a Map')
+})
+
+t.test('deleting inside a cluster keeps the keys behind it reachable', async t => {
+  const m = new IdMap(16)
+  // consecutive ids: several share probe runs in a 16-slot table
+  for (let id = 0; id < 7; id++) m.set(id * 16, id)
+  for (let id = 0; id < 7; id += 2) t.ok(m.delete(id * 16))
+  for (let id = 1; id < 7; id += 2) t.equal(m.get(id * 16), id)
+  t.equal(m.size, 3)
+  t.notOk(m.delete(0), 'a deleted id is gone')
+})
