@@ -86,7 +86,7 @@ export class AccelDevice implements QueueHost {
   /** per context, its outstanding entries oldest first (a list through Entry.cPrev/cNext) */
   readonly #byCtx = new Map<number, { oldest: Entry | undefined, newest: Entry | undefined }>()
   readonly #drains: Entry[] = []
-  readonly #finished: Entry[] = []
+  #finished: Entry[] = []
   /** the completion record being delivered: listeners copy what they keep */
   readonly #record = new Uint8Array(CR_SIZE)
   readonly #stalled: PoolJob[] = []
@@ -464,8 +464,9 @@ export class AccelDevice implements QueueHost {
 
   #finishAll (): void {
     this.#finishScheduled = false
+    // a fresh array: completions that arrive meanwhile wait for the next task
     const done = this.#finished
-    // #complete may start new work, whose completions queue behind these
+    this.#finished = []
     for (let i = 0; i < done.length; i++) {
       const e = done[i]
       const r = e.engine as EngineResult
@@ -485,7 +486,6 @@ export class AccelDevice implements QueueHost {
         this.#complete(e, r.status, r.result, 0, bytes, 0, r.value)
       }
     }
-    done.length = 0
     this.#pump()
   }
 
