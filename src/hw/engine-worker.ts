@@ -19,6 +19,8 @@ interface EngineWorkerData {
 }
 
 const TWO_32 = 2 ** 32
+/** an Sg this thread refills for each job */
+interface SgArrays { addrs: number[], lens: number[] }
 /**
  * A batch is announced once, at its end; but when it runs long, what is done is announced
  * after this long, so a waiter (waitJob, an mmu notifier) is not held by later work.
@@ -36,15 +38,25 @@ function main (data: EngineWorkerData): void {
 
   const word = (p: number): number => sqd[p & sqMask]
   let p = 0
-  const readSg = (n: number): Sg => {
-    const addrs = new Array<number>(n)
-    const lens = new Array<number>(n)
+  // One job decoded at a time, into the same objects: runOp is synchronous and keeps none
+  // of them, and a fresh set per job was most of this thread's garbage at 4 KiB.
+  const args = new Uint8Array(16)
+  const av = new DataView(args.buffer)
+  const src: SgArrays = { addrs: [], lens: [] }
+  const dst: SgArrays = { addrs: [], lens: [] }
+  const key: SgArrays = { addrs: [], lens: [] }
+  const iv: SgArrays = { addrs: [], lens: [] }
+  const job: EngineJob = { opcode: 0, flags: 0, size: 0, dstSize: 0, args, src, dst, key: undefined, iv: undefined }
+  const readSg = (sg: SgArrays, n: number): Sg => {
+    const { addrs, lens } = sg
+    addrs.length = n
+    lens.length = n
     for (let i = 0; i < n; i++) {
       addrs[i] = word(p) + word(p + 1) * TWO_32
       lens[i] = word(p + 2)
       p += SE.SEG_WORDS
     }
-    return { addrs, lens }
+    return sg
   }
 
   let head = Atomics.load(sqh, SQ.HEAD)
@@ -69,25 +81,20 @@ function main (data: EngineWorkerData): void {
         const words = word(head + SE.WORDS)
         const id = word(head + SE.ID_LO) + word(head + SE.ID_HI) * TWO_32
         const opFlags = word(head + SE.OP_FLAGS)
-        const args = new Uint8Array(16)
-        const av = new DataView(args.buffer)
         for (let k = 0; k < 4; k++) av.setUint32(4 * k, word(head + SE.ARGS + k), true)
         const nsrc = word(head + SE.NSRC)
         const ndst = word(head + SE.NDST)
         const nkey = word(head + SE.NKEY)
         const niv = word(head + SE.NIV)
         p = head + SE.HEADER_WORDS
-        const job: EngineJob = {
-          opcode: opFlags & 0xFF,
-          flags: (opFlags >>> 8) & 0xFF,
-          size: word(head + SE.SIZE),
-          dstSize: word(head + SE.DST_SIZE),
-          args,
-          src: readSg(nsrc),
-          dst: readSg(ndst),
-          key: nkey > 0 ? readSg(nkey) : undefined,
-          iv: niv > 0 ? readSg(niv) : undefined
-        }
+        job.opcode = opFlags & 0xFF
+        job.flags = (opFlags >>> 8) & 0xFF
+        job.size = word(head + SE.SIZE)
+        job.dstSize = word(head + SE.DST_SIZE)
+        readSg(src, nsrc)
+        readSg(dst, ndst)
+        job.key = nkey > 0 ? readSg(key, nkey) : undefined
+        job.iv = niv > 0 ? readSg(iv, niv) : undefined
         let r: EngineResult
         try {
           r = runOp(mem, job)
