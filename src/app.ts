@@ -177,6 +177,15 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   fastify.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
   })
+  // A refused WebSocket upgrade (401, 403, 404, 409) is answered on the raw socket that
+  // @fastify/websocket took from the HTTP server, which no longer tracks it: unless it is
+  // closed here, a client that keeps it open holds the server's close (and its drain) for
+  // ever. A successful upgrade is hijacked and never reaches this hook.
+  fastify.addHook('onResponse', async (request) => {
+    if (request.raw.headers.upgrade === undefined) return
+    const socket = request.raw.socket
+    if (socket !== null && !socket.destroyed) socket.end(() => socket.destroy())
+  })
   // Bodies are JSON or bytes; a text/plain body would reach a JSON schema as a string.
   fastify.removeContentTypeParser('text/plain')
   fastify.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => {

@@ -3,6 +3,7 @@
  */
 import t from 'tap'
 import crypto from 'node:crypto'
+import net from 'node:net'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { WarpClient, Doorbell, Opcode, Status, Flag, FRAME } from '../../src/client/index.ts'
@@ -146,6 +147,41 @@ t.test('one channel per queue; sync_only queues have none; only the owner maps i
   const sync = await a.c.createQueue('wd1', a.pid)
   const none = await a.c.doorbell(sync.qid).catch(e => e)
   t.match(none, { code: 'HTTP_422' }, 'a sync_only queue has no doorbell')
+  await db.close()
+})
+
+/** An upgrade request over a bare TCP socket that keeps it open: answers the status line and whether the server closed it. */
+async function refusedUpgrade (base: string, qid: string, token: string): Promise<{ status: string, closedByServer: boolean }> {
+  const { hostname, port } = new URL(base)
+  const sock = net.connect(Number(port), hostname)
+  let got = ''
+  sock.on('data', d => { got += d.toString('latin1') })
+  sock.on('error', () => {})
+  const closed = new Promise<boolean>(resolve => {
+    sock.once('close', () => resolve(true))
+    // bounded: a server that leaves it open answers false
+    setTimeout(() => resolve(false), 5000).unref()
+  })
+  sock.write(`GET /v1/queues/${qid}/doorbell HTTP/1.1\r\nHost: ${hostname}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+    `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nAuthorization: Bearer ${token}\r\n\r\n`)
+  const closedByServer = await closed
+  sock.destroy()
+  return { status: got.split('\r\n')[0], closedByServer }
+}
+
+t.test('a refused upgrade is answered and its socket closed, so it cannot hold the shutdown', async t => {
+  const s = await start(t)
+  const a = await tenant(s)
+  const bad = await refusedUpgrade(s.base, a.qid, 'not-a-token')
+  t.equal(bad.status, 'HTTP/1.1 401 Unauthorized')
+  t.ok(bad.closedByServer, 'the server closed the socket of the 401')
+  const db = await a.c.doorbell(a.qid)
+  const busy = await refusedUpgrade(s.base, a.qid, a.token)
+  t.equal(busy.status, 'HTTP/1.1 409 Conflict')
+  t.ok(busy.closedByServer, 'the server closed the socket of the 409')
+  // the open channel is untouched by its refused neighbour
+  const r = await db.submit({ opcode: Opcode.NOOP })
+  t.equal(r.status, Status.SUCCESS)
   await db.close()
 })
 
