@@ -77,8 +77,8 @@ export class AccelDevice implements QueueHost {
   readonly limits: Limits
   observer: CompletionObserver | undefined
   /**
-   * Entries in the engines, by job slot (the engine job's id). Slots are reused, lowest
-   * free first; a Map keyed by ever-growing ids grew and shrank with every burst instead.
+   * Entries in the engines, by job slot (the engine job's id). Slots are reused, the last
+   * freed first; a Map keyed by ever-growing ids grew and shrank with every burst instead.
    */
   readonly #jobs: Array<Entry | undefined> = []
   readonly #freeJobs: number[] = []
