@@ -20,6 +20,7 @@ import type { EngineResult, Sg } from './engine-ops.ts'
 import { HwQueue, QueueState, type CompletionCallback, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
 import { Iommu, Xlate, type DeviceAccess, type Iotlb } from './iommu.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
+import { copyOut } from './shared-copy.ts'
 
 /** UACCE_DEV_SVA, include/uapi/misc/uacce/uacce.h */
 export const UACCE_DEV_SVA = 0x1
@@ -420,7 +421,7 @@ export class AccelDevice implements QueueHost {
     const sg = regionSg(frames, src, count * DESC_SIZE)
     let off = 0
     for (let i = 0; i < sg.addrs.length; i++) {
-      members.set(this.mem.bytes.subarray(sg.addrs[i], sg.addrs[i] + sg.lens[i]), off)
+      copyOut(members, off, this.mem.bytes, sg.addrs[i], sg.lens[i])
       off += sg.lens[i]
     }
     access.release()

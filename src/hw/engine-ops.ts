@@ -19,6 +19,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash } from 'node:crypto'
 import zlib from 'node:zlib'
+import { copyIn, copyOut, moveWithin } from './shared-copy.ts'
 import {
   AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, FILL_PATTERN_SIZE, MAX_DEFLATE_LEVEL, Opcode, SHA256_SIZE, Status,
   crcSeed, deflateLevel, fillPattern
@@ -137,7 +138,7 @@ function gather (mem: Uint8Array, sg: Sg, len: number, forceCopy = false): Uint8
   let o = 0
   for (let i = 0; o < len && i < sg.lens.length; i++) {
     const n = Math.min(sg.lens[i], len - o)
-    out.set(mem.subarray(sg.addrs[i], sg.addrs[i] + n), o)
+    copyOut(out, o, mem, sg.addrs[i], n)
     o += n
   }
   if (o < len) throw new RangeError(`scatter-gather list holds ${o} bytes, ${len} needed`)
@@ -161,7 +162,7 @@ class SgWriter {
     while (o < data.length) {
       if (this.#seg >= lens.length) throw new RangeError('scatter-gather list too short for the output')
       const n = Math.min(lens[this.#seg] - this.#off, data.length - o)
-      this.#mem.set(data.subarray(o, o + n), addrs[this.#seg] + this.#off)
+      copyIn(this.#mem, addrs[this.#seg] + this.#off, data.subarray(o, o + n))
       o += n
       this.#off += n
       if (this.#off === lens[this.#seg]) {
@@ -281,15 +282,15 @@ function memmove (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult
   const n = Math.min(job.size, dstLen)
   const { src, dst } = job
   if (src.lens.length === 1 && dst.lens.length === 1) {
-    // one run each: copyWithin is memmove
-    mem.copyWithin(dst.addrs[0], src.addrs[0], src.addrs[0] + n)
+    // one run each: a memmove
+    moveWithin(mem, dst.addrs[0], src.addrs[0], n)
   } else {
     const ov = classifyOverlap(src, n, dst, n)
     if (ov === Overlap.TANGLED) {
       new SgWriter(mem, dst).write(gather(mem, src, n, true))
     } else {
       pieces(src, dst, n, ov === Overlap.BACKWARD, (ps, pd, len) => {
-        mem.copyWithin(pd, ps, ps + len)
+        moveWithin(mem, pd, ps, len)
         return undefined
       })
     }
@@ -313,7 +314,7 @@ function fill (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult {
       const phase = off % FILL_PATTERN_SIZE
       for (let k = 0; k < len; k += FILL_BLOCK) {
         const m = Math.min(FILL_BLOCK, len - k)
-        mem.set(block.subarray(phase, phase + m), addr + k)
+        copyIn(mem, addr + k, block.subarray(phase, phase + m))
       }
       off += len
     })

@@ -7,6 +7,7 @@
  */
 import { Errno, err, ok, type Result } from './errno.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
+import { copyIn, copyOut } from './shared-copy.ts'
 
 export const IommuPerm = { READ: 1, WRITE: 2 } as const
 export const IOMMU_READ = IommuPerm.READ
@@ -155,8 +156,8 @@ export class IovaDomain {
       const inPage = offset - page * PAGE_SIZE
       const n = Math.min(buf.length - done, PAGE_SIZE - inPage)
       const phys = area.frames[page] * PAGE_SIZE + inPage
-      if (write) bytes.set(buf.subarray(done, done + n), phys)
-      else buf.set(bytes.subarray(phys, phys + n), done)
+      if (write) copyIn(bytes, phys, buf.subarray(done, done + n))
+      else copyOut(buf, done, bytes, phys, n)
       done += n
     }
     return ok(done)

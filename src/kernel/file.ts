@@ -10,6 +10,7 @@
  */
 import { Errno, err, ok, type Result } from '../hw/errno.ts'
 import { PAGE_SIZE, type PhysMem } from '../hw/phys-mem.ts'
+import { copyIn, copyOut } from '../hw/shared-copy.ts'
 import type { PageMeta } from './page-meta.ts'
 
 export interface FileMapper {
@@ -89,7 +90,7 @@ export class File {
       const n = Math.min(PAGE_SIZE - inPage, end - pos)
       const frame = this.pages.get(pgoff)
       if (frame !== undefined) {
-        out.set(this.mem.bytes.subarray(frame * PAGE_SIZE + inPage, frame * PAGE_SIZE + inPage + n), pos - offset)
+        copyOut(out, pos - offset, this.mem.bytes, frame * PAGE_SIZE + inPage, n)
       } else {
         const disk = this.backing.get(pgoff)
         if (disk !== undefined) out.set(disk.subarray(inPage, inPage + n), pos - offset)
@@ -110,7 +111,7 @@ export class File {
       const n = Math.min(PAGE_SIZE - inPage, data.length - done)
       const r = this.getPage(pgoff)
       if (!r.ok) return err(r.errno, r.message, { done })
-      this.mem.bytes.set(data.subarray(done, done + n), r.value * PAGE_SIZE + inPage)
+      copyIn(this.mem.bytes, r.value * PAGE_SIZE + inPage, data.subarray(done, done + n))
       this.markDirty(pgoff)
       done += n
     }

@@ -7,6 +7,7 @@
  */
 import { Errno, err, ok, type Result } from '../hw/errno.ts'
 import { PAGE_SIZE, type PhysMem } from '../hw/phys-mem.ts'
+import { copyIn, copyOut } from '../hw/shared-copy.ts'
 import { TASK_SIZE, Xlate, type IommuAddressSpace, type IommuFault } from '../hw/iommu.ts'
 import { FileKind, type File, type FileMapper } from './file.ts'
 import { MmuNotifierChain, NotifyEvent } from './mmu-notifier.ts'
@@ -450,7 +451,7 @@ export class Mm implements IommuAddressSpace, FileMapper {
       const off = addr % PAGE_SIZE
       const n = Math.min(PAGE_SIZE - off, length - done)
       const base = r.value * PAGE_SIZE + off
-      out.set(this.mem.bytes.subarray(base, base + n), done)
+      copyOut(out, done, this.mem.bytes, base, n)
       done += n
     }
     return ok(out)
@@ -465,7 +466,7 @@ export class Mm implements IommuAddressSpace, FileMapper {
       if (!r.ok) return err(r.errno, r.message, { addr, done })
       const off = addr % PAGE_SIZE
       const n = Math.min(PAGE_SIZE - off, data.length - done)
-      this.mem.bytes.set(data.subarray(done, done + n), r.value * PAGE_SIZE + off)
+      copyIn(this.mem.bytes, r.value * PAGE_SIZE + off, data.subarray(done, done + n))
       done += n
     }
     return ok(data.length)
