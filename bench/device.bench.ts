@@ -100,6 +100,11 @@ async function bareRate (batch: number): Promise<number> {
   return done / secs
 }
 
+/** A client pipelines small work: up to 4 MiB of buffers in flight, between 8 and 128 descriptors. */
+function slotsFor (size: number): number {
+  return Math.max(8, Math.min(128, Math.floor(4 * 2 ** 20 / size)))
+}
+
 /** Bytes per second of `op` on `size`-byte buffers through the device's engines. */
 async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 256 * 2 ** 20 })
@@ -108,8 +113,7 @@ async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number)
   const p = k.createProcess('bench')
   const pasid = k.bindPasid(p)
   if (!pasid.ok) throw new Error(pasid.message)
-  // a client pipelines small work: up to 4 MiB of buffers in flight, between 8 and 128 descriptors
-  const slots = Math.max(8, Math.min(128, Math.floor(4 * 2 ** 20 / size)))
+  const slots = slotsFor(size)
   const span = size + 2 * P
   const r = p.mm.mmap({ length: slots * 2 * span + P, prot: Prot.READ | Prot.WRITE, shared: false })
   if (!r.ok) throw new Error(r.message)
@@ -155,10 +159,12 @@ async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number)
 async function bareThroughput (op: string, size: number): Promise<number> {
   const here = fileURLToPath(import.meta.url)
   const entry = new URL('./bare-worker' + extname(here), import.meta.url)
+  // each worker its share of the distinct buffers the device cycles through
+  const workerData = { op, size, seconds: SECONDS, buffers: Math.ceil(slotsFor(size) / ENGINES) }
   const results = await Promise.all(Array.from({ length: ENGINES }, async () => await new Promise<{ ops: number, seconds: number }>((resolve, reject) => {
     const w = extname(here) === '.ts'
-      ? new Worker(`import('tsx/esm/api').then(a => { a.register(); return import(${JSON.stringify(entry.href)}) })`, { eval: true, workerData: { op, size, seconds: SECONDS } })
-      : new Worker(entry, { workerData: { op, size, seconds: SECONDS } })
+      ? new Worker(`import('tsx/esm/api').then(a => { a.register(); return import(${JSON.stringify(entry.href)}) })`, { eval: true, workerData })
+      : new Worker(entry, { workerData })
     w.once('message', resolve)
     w.once('error', reject)
   })))
