@@ -4,7 +4,7 @@
  * through as many distinct inputs and outputs as it is given (its share of the buffers
  * the device benchmark keeps in flight): one buffer hashed or compressed over and over
  * stays in cache and trains the branch predictors on its bytes, which made the bare
- * DEFLATE at 4 KiB run a quarter faster than on the device's inputs (bench/RESULTS.md).
+ * DEFLATE at 4 KiB run 1.4-1.6x as fast as on the device's inputs (bench/RESULTS.md).
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import crypto from 'node:crypto'

@@ -7,7 +7,7 @@
  * machines that is about 3 GB/s against 15-25 GB/s (bench/RESULTS.md), and tenants'
  * addresses are arbitrary. So a copy whose ends disagree goes through a private scratch
  * buffer, placed so that the one step touching shared memory agrees; the private step is
- * a plain memmove. From a few hundred bytes up, the two fast copies beat the slow one.
+ * a plain memmove. From about 1 KiB up, the two fast copies beat the slow one.
  *
  * Each thread (main, every engine) has its own scratch: these calls are synchronous and
  * never re-entered, so one buffer per thread serves them all.
