@@ -294,23 +294,18 @@ function classifyOverlap (src: Sg, slen: number, dst: Sg, dlen: number): Overlap
 /**
  * The intervals of v (start, end, offset triples) as [start, end] pairs ordered by start.
  * A long scattered job has hundreds of segments on each side, so this sorts packed
- * numbers (start * 2**k + index) natively rather than through a comparator.
+ * numbers (start * 2**k + index) natively rather than through a comparator. They stay
+ * exact: a start is below 2**32 (a Uint8Array, so physical memory, holds at most 4 GiB
+ * on Node 20) and a job's segments fit in its ring (1 MiB for every device), so the
+ * index needs under 2**17.
  */
 function byStart (v: number[]): number[] {
   const n = v.length / 3
   const scale = 2 ** Math.ceil(Math.log2(n + 1))
-  let maxStart = 0
-  for (let i = 0; i < n; i++) maxStart = Math.max(maxStart, v[3 * i])
-  const out: number[] = new Array(2 * n)
-  if (maxStart * scale + n > Number.MAX_SAFE_INTEGER) {
-    const idx = Array.from({ length: n }, (_, i) => i)
-    idx.sort((p, q) => v[3 * p] - v[3 * q])
-    for (let k = 0; k < n; k++) { out[2 * k] = v[3 * idx[k]]; out[2 * k + 1] = v[3 * idx[k] + 1] }
-    return out
-  }
   const keys = new Float64Array(n)
   for (let i = 0; i < n; i++) keys[i] = v[3 * i] * scale + i
   keys.sort()
+  const out: number[] = new Array(2 * n)
   for (let k = 0; k < n; k++) {
     const i = keys[k] % scale
     out[2 * k] = v[3 * i]
