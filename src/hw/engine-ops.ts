@@ -295,9 +295,9 @@ function classifyOverlap (src: Sg, slen: number, dst: Sg, dlen: number): Overlap
  * The intervals of v (start, end, offset triples) as [start, end] pairs ordered by start.
  * A long scattered job has hundreds of segments on each side, so this sorts packed
  * numbers (start * 2**k + index) natively rather than through a comparator. They stay
- * exact: a start is below 2**32 (a Uint8Array, so physical memory, holds at most 4 GiB
- * on Node 20) and a job's segments fit in its ring (1 MiB for every device), so the
- * index needs under 2**17.
+ * exact: a start is below 2**32 (physical memory is at most 4 GiB, the configuration's
+ * cap and Node 20's largest Uint8Array) and a job's segments fit in its ring (1 MiB for
+ * every device), so the index needs under 2**17.
  */
 function byStart (v: number[]): number[] {
   const n = v.length / 3
