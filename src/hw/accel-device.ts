@@ -92,6 +92,8 @@ export class AccelDevice implements QueueHost {
   readonly #record = new Uint8Array(CR_SIZE)
   readonly #stalled: PoolJob[] = []
   #finishScheduled = false
+  /** performance.now() while #finishAll runs, else -1 */
+  #finishNow = -1
   #pumpScheduled = false
   // Bound once: a closure per descriptor costs an allocation (and, under tsx, a __name call).
   readonly #waitAccess = (a: DeviceAccess): void => { this.pool.waitJob(a.job) }
@@ -159,12 +161,12 @@ export class AccelDevice implements QueueHost {
 
   // --- acceptance (QueueHost) ---
 
-  accept (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown): void {
-    const e = this.#newEntry(q, port, desc, slot, token, undefined)
+  accept (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown, now: number): void {
+    const e = this.#newEntry(q, port, desc, slot, token, undefined, now)
     q.enqueue(e)
   }
 
-  #newEntry (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown, parent: Entry | undefined): Entry {
+  #newEntry (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown, parent: Entry | undefined, t0: number): Entry {
     const e: Entry = {
       id: this.#nextId++,
       queue: q,
@@ -181,7 +183,7 @@ export class AccelDevice implements QueueHost {
       access: undefined,
       srcFault: undefined,
       dstFaultCode: 0,
-      t0: performance.now(),
+      t0,
       state: 'queued',
       job: -1,
       engine: undefined,
@@ -320,7 +322,8 @@ export class AccelDevice implements QueueHost {
       flags,
       size,
       dstSize,
-      args: d.subarray(DESC.OP_ARGS, DESC.OP_ARGS + 16),
+      args: d,
+      argsAt: DESC.OP_ARGS,
       src: EMPTY,
       dst: EMPTY
     }
@@ -432,7 +435,7 @@ export class AccelDevice implements QueueHost {
     for (let i = 0; i < count; i++) {
       const desc = members.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE)
       writeU32(desc, DESC.PASID, port.pasid)
-      const child = this.#newEntry(e.queue, port, desc, -1, undefined, e)
+      const child = this.#newEntry(e.queue, port, desc, -1, undefined, e, e.t0)
       this.#start(child, jobs)
     }
   }
@@ -465,27 +468,33 @@ export class AccelDevice implements QueueHost {
 
   #finishAll (): void {
     this.#finishScheduled = false
-    // a fresh array: completions that arrive meanwhile wait for the next task
-    const done = this.#finished
-    this.#finished = []
-    for (let i = 0; i < done.length; i++) {
-      const e = done[i]
-      const r = e.engine as EngineResult
-      e.engine = undefined
-      const d = e.desc
-      if (r.status === Status.PAGE_FAULT && e.dstFaultCode < 0) {
-        const va = readAddr(d, DESC.DST) + r.value
-        this.iommu.reportFault(e.ctx, va, true, e.dstFaultCode, this.id, false)
-        const info = FaultInfo.WRITE | (e.dstFaultCode === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
-        this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, va, 0)
-      } else if (e.srcFault !== undefined && r.status === Status.SUCCESS && !(d[DESC.OPCODE] === Opcode.COMPARE && r.result === 1)) {
-        const f = e.srcFault
-        this.iommu.reportFault(e.ctx, f.addr, false, f.info !== 0 ? Xlate.NO_MAPPING : Xlate.NOT_PRESENT, this.id, false)
-        this.#complete(e, Status.PAGE_FAULT, 0, f.info, f.done, f.addr, r.value)
-      } else {
-        const bytes = d[DESC.OPCODE] === Opcode.FILL ? readU32(d, DESC.SIZE) : r.bytesCompleted
-        this.#complete(e, r.status, r.result, 0, bytes, 0, r.value)
+    // one clock read for the latencies of the whole batch
+    this.#finishNow = performance.now()
+    try {
+      // a fresh array: completions that arrive meanwhile wait for the next task
+      const done = this.#finished
+      this.#finished = []
+      for (let i = 0; i < done.length; i++) {
+        const e = done[i]
+        const r = e.engine as EngineResult
+        e.engine = undefined
+        const d = e.desc
+        if (r.status === Status.PAGE_FAULT && e.dstFaultCode < 0) {
+          const va = readAddr(d, DESC.DST) + r.value
+          this.iommu.reportFault(e.ctx, va, true, e.dstFaultCode, this.id, false)
+          const info = FaultInfo.WRITE | (e.dstFaultCode === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
+          this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, va, 0)
+        } else if (e.srcFault !== undefined && r.status === Status.SUCCESS && !(d[DESC.OPCODE] === Opcode.COMPARE && r.result === 1)) {
+          const f = e.srcFault
+          this.iommu.reportFault(e.ctx, f.addr, false, f.info !== 0 ? Xlate.NO_MAPPING : Xlate.NOT_PRESENT, this.id, false)
+          this.#complete(e, Status.PAGE_FAULT, 0, f.info, f.done, f.addr, r.value)
+        } else {
+          const bytes = d[DESC.OPCODE] === Opcode.FILL ? readU32(d, DESC.SIZE) : r.bytesCompleted
+          this.#complete(e, r.status, r.result, 0, bytes, 0, r.value)
+        }
       }
+    } finally {
+      this.#finishNow = -1
     }
     this.#pump()
   }
@@ -518,7 +527,10 @@ export class AccelDevice implements QueueHost {
     }
     if (status === Status.SUCCESS) q.counters.bytes += bytesCompleted
     if (status === Status.ABORTED) q.counters.aborted++
-    this.observer?.(q, port, status, opcode, bytesCompleted, (performance.now() - e.t0) * 1e6)
+    if (this.observer !== undefined) {
+      const now = this.#finishNow >= 0 ? this.#finishNow : performance.now()
+      this.observer(q, port, status, opcode, bytesCompleted, (now - e.t0) * 1e6)
+    }
     const record = this.#record
     record[CR.RESULT] = result
     record[CR.FAULT_INFO] = faultInfo

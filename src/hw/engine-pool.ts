@@ -95,7 +95,11 @@ const JOB_COST = 512
 /** how long waitJob sleeps before checking the worker is still alive */
 const WAIT_SLICE_MS = 100
 
-export type PoolJob = EngineJob & { id: number }
+/**
+ * `argsAt`: where the 16 op_args bytes start in `args` (default 0), so a job can point
+ * into its descriptor instead of taking a view of it per job.
+ */
+export type PoolJob = EngineJob & { id: number, argsAt?: number }
 export type CompleteFn = (jobId: number, result: EngineResult) => void
 
 export interface EnginePoolOptions {
@@ -559,7 +563,8 @@ export class EnginePool {
     d[(base + SE.OP_FLAGS) & m] = (job.opcode & 0xFF) | ((job.flags & 0xFF) << 8)
     d[(base + SE.SIZE) & m] = job.size
     d[(base + SE.DST_SIZE) & m] = job.dstSize
-    for (let k = 0; k < 4; k++) d[(base + SE.ARGS + k) & m] = readU32(job.args, 4 * k)
+    const argsAt = job.argsAt ?? 0
+    for (let k = 0; k < 4; k++) d[(base + SE.ARGS + k) & m] = readU32(job.args, argsAt + 4 * k)
     lane.sqTail = (base + words) | 0
     const cost = job.size + JOB_COST
     lane.fifo.push(job.id, cost)

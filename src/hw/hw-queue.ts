@@ -131,7 +131,8 @@ export interface QueueCounters {
 }
 
 export interface QueueHost {
-  accept: (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown) => void
+  /** `now`: performance.now() at the doorbell write, read once for all its descriptors */
+  accept: (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown, now: number) => void
   kick: () => void
 }
 
@@ -191,6 +192,7 @@ export class HwQueue {
     }
     const n = Math.min(count, this.#freeSlots.length)
     const ring = this.ring
+    const now = n > 0 ? performance.now() : 0
     for (let i = 0; i < n; i++) {
       const slot = this.#freeSlots.pop() as number
       const at = slot * DESC_SIZE
@@ -202,7 +204,7 @@ export class HwQueue {
       desc[DESC.PASID + 1] = (port.pasid >>> 8) & 0xff
       desc[DESC.PASID + 2] = (port.pasid >>> 16) & 0xff
       desc[DESC.PASID + 3] = (port.pasid >>> 24) & 0xff
-      this.host.accept(this, port, desc, slot, tokens?.[i])
+      this.host.accept(this, port, desc, slot, tokens?.[i], now)
     }
     this.counters.submitted += n
     if (n < count) {
