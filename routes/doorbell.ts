@@ -57,7 +57,8 @@ class Channel {
   readonly listener: PortListener = {
     completion: (record, flags) => {
       if ((flags & Flag.NOTIFY) === 0 || this.closed) return
-      this.#reserve().set(record)
+      const at = this.#reserve()
+      ;(this.#out as Buffer).set(record, at)
     },
     status: (state, reason) => {
       if (this.closed) return
@@ -71,10 +72,11 @@ class Channel {
   }
 
   /**
-   * A slot for one more record in the COMPLETIONS frame being gathered: records are
-   * written straight into the frame that will be sent, never copied twice.
+   * The offset of a slot for one more record in the COMPLETIONS frame being gathered
+   * (#out): records are written straight into the frame that will be sent, never copied
+   * twice, and without a view each.
    */
-  #reserve (): Buffer {
+  #reserve (): number {
     const at = FRAME_HEADER + this.#pendingCount * CR_SIZE
     const out = this.#out
     if (out === undefined || out.length < at + CR_SIZE) {
@@ -87,7 +89,7 @@ class Channel {
       this.#flushScheduled = true
       setImmediate(() => this.#flush())
     }
-    return (this.#out as Buffer).subarray(at, at + CR_SIZE)
+    return at
   }
 
   #flush (): void {
@@ -186,10 +188,12 @@ class Channel {
     // RETRY and QUEUE_DISABLED are answered at once, on the channel, never in memory.
     const refusal = this.queue.released ? Status.QUEUE_DISABLED : port.lastRefusal
     for (let i = accepted; i < count; i++) {
-      const rec = this.#reserve().fill(0)
-      rec[CR.STATUS] = refusal
+      const at = this.#reserve()
+      const out = this.#out as Buffer
+      out.fill(0, at, at + CR_SIZE)
+      out[at + CR.STATUS] = refusal
       const desc = FRAME_HEADER + i * DESC_SIZE
-      data.copy(rec, CR.TAG, desc + DESC.TAG, desc + DESC.TAG + 8)
+      data.copy(out, at + CR.TAG, desc + DESC.TAG, desc + DESC.TAG + 8)
     }
   }
 
