@@ -49,8 +49,12 @@ function main (data: EngineWorkerData): void {
   const job: EngineJob = { opcode: 0, flags: 0, size: 0, dstSize: 0, args, src, dst, key: undefined, iv: undefined }
   const readSg = (sg: SgArrays, n: number): Sg => {
     const { addrs, lens } = sg
-    addrs.length = n
-    lens.length = n
+    // a length store runs through V8's runtime even when nothing changes, and most jobs
+    // have as many segments as the one before
+    if (addrs.length !== n) {
+      addrs.length = n
+      lens.length = n
+    }
     for (let i = 0; i < n; i++) {
       addrs[i] = word(p) + word(p + 1) * TWO_32
       lens[i] = word(p + 2)
