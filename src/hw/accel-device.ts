@@ -11,14 +11,14 @@
  * Every accepted descriptor gets exactly one completion (DESIGN.md invariant 5).
  */
 import {
-  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, readAddr,
-  readU32, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
+  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, RegionList, Role, Status, descriptorRegions,
+  readAddr, readU32, regionsInto, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type PoolJob } from './engine-pool.ts'
 import type { EngineResult, Sg } from './engine-ops.ts'
-import { HwQueue, QueueState, type CompletionCallback, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
-import { Iommu, Xlate, type DeviceAccess, type Iotlb } from './iommu.ts'
+import { HwQueue, QueueState, type CompletionCallback, type CtxList, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
+import { Iommu, Xlate, type DeviceAccess, type Iotlb, type SgList } from './iommu.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
 import { copyOut } from './shared-copy.ts'
 
@@ -52,21 +52,15 @@ export interface DeviceAttributes {
   engines: number
 }
 
-function regionSg (frames: number[], va: number, len: number): Sg {
-  const addrs: number[] = []
-  const lens: number[] = []
-  let off = 0
-  for (let i = 0; i < frames.length && off < len; i++) {
-    const inPage = (va + off) % PAGE_SIZE
-    const n = Math.min(PAGE_SIZE - inPage, len - off)
-    addrs.push(frames[i] * PAGE_SIZE + inPage)
-    lens.push(n)
-    off += n
-  }
-  return { addrs, lens }
-}
-
 const EMPTY: Sg = { addrs: [], lens: [] }
+const NO_ARGS = new Uint8Array(DESC_SIZE)
+
+/**
+ * An engine job with scatter lists of its own, one per region role (Role), reused from
+ * job to job: the pool copies a job into its ring when it accepts it, so the object is
+ * free again from then on.
+ */
+type DeviceJob = PoolJob & { own: SgList[] }
 
 export class AccelDevice implements QueueHost {
   readonly config: DeviceConfig
@@ -85,12 +79,19 @@ export class AccelDevice implements QueueHost {
   readonly #freeJobs: number[] = []
   #running = 0
   /** per context, its outstanding entries oldest first (a list through Entry.cPrev/cNext) */
-  readonly #byCtx = new Map<number, { oldest: Entry | undefined, newest: Entry | undefined }>()
+  readonly #byCtx = new Map<number, CtxList>()
+  /** the list the last accepted entry went on: a doorbell write's descriptors share one */
+  #lastCtxList: CtxList | undefined
+  #lastCtx = -1
   readonly #drains: Entry[] = []
   #finished: Entry[] = []
   /** the completion record being delivered: listeners copy what they keep */
   readonly #record = new Uint8Array(CR_SIZE)
-  readonly #stalled: PoolJob[] = []
+  readonly #stalled: DeviceJob[] = []
+  /** jobs the pool has copied into its rings, to be reused (see DeviceJob) */
+  readonly #spareJobs: DeviceJob[] = []
+  /** the regions of the descriptor being translated (translation does not re-enter) */
+  readonly #regions = new RegionList()
   #finishScheduled = false
   /** performance.now() while #finishAll runs, else -1 */
   #finishNow = -1
@@ -190,13 +191,17 @@ export class AccelDevice implements QueueHost {
       qPrev: undefined,
       qNext: undefined,
       cPrev: undefined,
-      cNext: undefined
+      cNext: undefined,
+      cList: undefined
     }
-    let list = this.#byCtx.get(e.ctx)
+    let list = e.ctx === this.#lastCtx ? this.#lastCtxList : this.#byCtx.get(e.ctx)
     if (list === undefined) {
       list = { oldest: undefined, newest: undefined }
       this.#byCtx.set(e.ctx, list)
     }
+    this.#lastCtx = e.ctx
+    this.#lastCtxList = list
+    e.cList = list
     e.cPrev = list.newest
     if (list.newest !== undefined) list.newest.cNext = e
     else list.oldest = e
@@ -238,7 +243,7 @@ export class AccelDevice implements QueueHost {
   #pump (): void {
     if (this.#pumping) return
     this.#pumping = true
-    const jobs: PoolJob[] = []
+    const jobs: DeviceJob[] = []
     try {
       while (this.#running < this.maxJobs && this.#stalled.length === 0) {
         const e = this.#next()
@@ -251,9 +256,44 @@ export class AccelDevice implements QueueHost {
     if (jobs.length > 0) this.#submitJobs(jobs)
   }
 
-  #submitJobs (jobs: PoolJob[]): void {
+  #submitJobs (jobs: DeviceJob[]): void {
     const n = this.pool.submit(jobs)
+    for (let i = 0; i < n; i++) {
+      const job = jobs[i]
+      // the ring has its copy; let go of the descriptor (a batch's member array)
+      job.args = NO_ARGS
+      this.#spareJobs.push(job)
+    }
     for (let i = n; i < jobs.length; i++) this.#stalled.push(jobs[i])
+  }
+
+  /** A job for the descriptor `d`, its buffers still to fill in. */
+  #takeJob (d: Uint8Array): DeviceJob {
+    const job = this.#spareJobs.pop() ?? {
+      id: -1,
+      opcode: 0,
+      flags: 0,
+      size: 0,
+      dstSize: 0,
+      args: NO_ARGS,
+      argsAt: DESC.OP_ARGS,
+      src: EMPTY,
+      dst: EMPTY,
+      key: undefined,
+      iv: undefined,
+      own: [{ addrs: [], lens: [] }, { addrs: [], lens: [] }, { addrs: [], lens: [] }, { addrs: [], lens: [] }]
+    }
+    job.id = -1
+    job.opcode = d[DESC.OPCODE]
+    job.flags = d[DESC.FLAGS]
+    job.size = readU32(d, DESC.SIZE)
+    job.dstSize = readU32(d, DESC.DST_SIZE)
+    job.args = d
+    job.src = EMPTY
+    job.dst = EMPTY
+    job.key = undefined
+    job.iv = undefined
+    return job
   }
 
   #resubmit (): void {
@@ -265,12 +305,12 @@ export class AccelDevice implements QueueHost {
 
   // --- starting a descriptor ---
 
-  #start (e: Entry, jobs: PoolJob[]): void {
+  #start (e: Entry, jobs: DeviceJob[]): void {
     e.state = 'translating'
     if (e.aborted) return this.#complete(e, Status.ABORTED)
     const d = e.desc
     const opcode = d[DESC.OPCODE]
-    const st = validateInPlace(d, this.limits, { inBatch: e.parent !== undefined })
+    const st = validateInPlace(d, this.limits, e.parent !== undefined)
     if (st !== 0) return this.#complete(e, st)
     if (opcode === Opcode.DRAIN) {
       this.#drains.push(e)
@@ -287,7 +327,7 @@ export class AccelDevice implements QueueHost {
     if (job !== undefined) this.#run(e, job, jobs)
   }
 
-  #run (e: Entry, job: PoolJob, jobs: PoolJob[]): void {
+  #run (e: Entry, job: DeviceJob, jobs: DeviceJob[]): void {
     job.id = this.#freeJobs.length > 0 ? this.#freeJobs.pop() as number : this.#jobs.length
     e.state = 'running'
     const access = e.access as DeviceAccess
@@ -305,65 +345,64 @@ export class AccelDevice implements QueueHost {
    * engine job, undefined when the descriptor already completed (a fault with no work to
    * do), or 'async' when a BLOCK_ON_FAULT page request is needed.
    */
-  #translate (e: Entry): PoolJob | undefined | 'async' {
+  #translate (e: Entry): DeviceJob | undefined | 'async' {
     const d = e.desc
-    const opcode = d[DESC.OPCODE]
-    const flags = d[DESC.FLAGS]
-    const size = readU32(d, DESC.SIZE)
-    const dstSize = readU32(d, DESC.DST_SIZE)
-    e.access?.release()
+    this.#releaseAccess(e)
     const access = this.iommu.beginAccess(e.ctx)
     e.access = access
     e.srcFault = undefined
     e.dstFaultCode = 0
-    const job: PoolJob = {
-      id: -1,
-      opcode,
-      flags,
-      size,
-      dstSize,
-      args: d,
-      argsAt: DESC.OP_ARGS,
-      src: EMPTY,
-      dst: EMPTY
-    }
+    const job = this.#takeJob(d)
+    const opcode = job.opcode
     if (opcode === Opcode.NOOP) return job
-    const blocking = (flags & Flag.BLOCK_ON_FAULT) !== 0
+    const blocking = (job.flags & Flag.BLOCK_ON_FAULT) !== 0
     // Streaming ops run the prefix before a source fault; the others need all their input.
     const streaming = opcode === Opcode.MEMMOVE || opcode === Opcode.COMPARE || opcode === Opcode.CRC32
-    for (const r of descriptorRegions(d, this.config.maxTransferSize)) {
+    const regions = regionsInto(d, this.config.maxTransferSize, this.#regions)
+    for (let i = 0; i < regions.n; i++) {
+      const role = regions.role[i]
+      const va = regions.va[i]
+      const write = regions.write[i] === 1
       // MEMMOVE, FILL and COMPARE reach only as far into dst as the source went
-      const len = r.role === 'dst' && opcode <= Opcode.COMPARE ? Math.min(r.len, job.size) : r.len
+      const len = role === Role.DST && opcode <= Opcode.COMPARE ? Math.min(regions.len[i], job.size) : regions.len[i]
       if (len === 0) continue
-      const frames: number[] = []
-      const h = this.iommu.holdRange(this.iotlb, access, r.va, len, r.write, frames)
-      const sg = regionSg(frames, r.va, h.done)
-      if (r.role === 'key') job.key = sg
-      else if (r.role === 'iv') job.iv = sg
-      else if (r.role === 'src') job.src = sg
+      const sg = job.own[role]
+      const done = this.iommu.holdInto(this.iotlb, access, va, len, write, sg)
+      const code = this.iommu.holdFault
+      if (role === Role.KEY) job.key = sg
+      else if (role === Role.IV) job.iv = sg
+      else if (role === Role.SRC) job.src = sg
       else job.dst = sg
-      if (h.code >= 0) continue
-      if (blocking && h.code !== Xlate.NO_MAPPING) return 'async'
-      if (r.write) {
+      if (code >= 0) continue
+      if (blocking && code !== Xlate.NO_MAPPING) return 'async'
+      if (write) {
         // The engine finds whether the output reaches the fault; remember what it was.
-        e.dstFaultCode = h.code
-      } else if ((r.role === 'src' || r.role === 'dst') && streaming && h.done > 0) {
+        e.dstFaultCode = code
+      } else if ((role === Role.SRC || role === Role.DST) && streaming && done > 0) {
         // a source (or COMPARE's second source) faulted part way: run the prefix
-        e.srcFault = { addr: r.va + h.done, info: h.code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done: h.done }
-        job.size = h.done
+        e.srcFault = { addr: va + done, info: code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done }
+        job.size = done
       } else {
-        this.#fault(e, r.va + h.done, false, h.code, 0)
+        this.#fault(e, va + done, false, code, 0)
         return undefined
       }
     }
     return job
   }
 
+  /** The entry's device access ends: its frames go back, a notifier waiting on it may go on. */
+  #releaseAccess (e: Entry): void {
+    const a = e.access
+    if (a === undefined) return
+    e.access = undefined
+    a.release()
+  }
+
   /** BLOCK_ON_FAULT: page requests until the buffers translate, then the engine. */
   async #translateBlocking (e: Entry): Promise<void> {
     for (let i = 0; i < MAX_PAGE_REQUESTS; i++) {
       const fault = this.#firstFault(e)
-      e.access?.release()
+      this.#releaseAccess(e)
       if (fault === undefined) break
       const served = await this.iommu.pageRequest(e.ctx, fault.va, fault.write)
       this.iommu.reportFault(e.ctx, fault.va, fault.write, fault.code, this.id, served)
@@ -377,13 +416,13 @@ export class AccelDevice implements QueueHost {
     if (job === 'async') {
       // still faulting after the page requests: report instead of spinning
       const fault = this.#firstFault(e)
-      e.access?.release()
+      this.#releaseAccess(e)
       if (fault !== undefined) this.#fault(e, fault.va, fault.write, fault.code, 0)
       else this.#complete(e, Status.ABORTED)
       return
     }
     if (job === undefined) return
-    const jobs: PoolJob[] = []
+    const jobs: DeviceJob[] = []
     this.#run(e, job, jobs)
     this.#submitJobs(jobs)
   }
@@ -407,28 +446,25 @@ export class AccelDevice implements QueueHost {
     this.#complete(e, Status.PAGE_FAULT, 0, info, done, va, 0)
   }
 
-  #startBatch (e: Entry, jobs: PoolJob[]): void {
+  #startBatch (e: Entry, jobs: DeviceJob[]): void {
     const count = readU32(e.desc, DESC.SIZE)
     const src = readAddr(e.desc, DESC.SRC)
-    const access = this.iommu.beginAccess(e.ctx)
-    e.access = access
-    const frames: number[] = []
-    const r = this.iommu.holdRange(this.iotlb, access, src, count * DESC_SIZE, false, frames)
-    if (r.code < 0) {
-      access.release()
-      e.access = undefined
-      return this.#fault(e, src + r.done, false, r.code, 0)
+    e.access = this.iommu.beginAccess(e.ctx)
+    const sg: SgList = { addrs: [], lens: [] }
+    const done = this.iommu.holdInto(this.iotlb, e.access, src, count * DESC_SIZE, false, sg)
+    const code = this.iommu.holdFault
+    if (code < 0) {
+      this.#releaseAccess(e)
+      return this.#fault(e, src + done, false, code, 0)
     }
     // The device reads the whole array once, into its own memory.
     const members = new Uint8Array(count * DESC_SIZE)
-    const sg = regionSg(frames, src, count * DESC_SIZE)
     let off = 0
     for (let i = 0; i < sg.addrs.length; i++) {
       copyOut(members, off, this.mem.bytes, sg.addrs[i], sg.lens[i])
       off += sg.lens[i]
     }
-    access.release()
-    e.access = undefined
+    this.#releaseAccess(e)
     e.state = 'running'
     e.children = count
     const port = e.port
@@ -447,8 +483,7 @@ export class AccelDevice implements QueueHost {
     if (e === undefined) return
     this.#unrun(e)
     // The engine is done with the frames: a notifier waiting on this access may go on.
-    e.access?.release()
-    e.access = undefined
+    this.#releaseAccess(e)
     e.engine = r
     this.#finished.push(e)
     if (!this.#finishScheduled) {
@@ -507,8 +542,7 @@ export class AccelDevice implements QueueHost {
       result = faultInfo = faultAddr = value = 0
     }
     e.state = 'done'
-    e.access?.release()
-    e.access = undefined
+    this.#releaseAccess(e)
     const d = e.desc
     const flags = d[DESC.FLAGS]
     const opcode = d[DESC.OPCODE]
@@ -564,14 +598,21 @@ export class AccelDevice implements QueueHost {
       q.retire(e)
       q.counters.completed++
     }
-    const list = this.#byCtx.get(e.ctx)
+    const list = e.cList
     if (list !== undefined) {
       if (e.cPrev !== undefined) e.cPrev.cNext = e.cNext
       else list.oldest = e.cNext
       if (e.cNext !== undefined) e.cNext.cPrev = e.cPrev
       else list.newest = e.cPrev
       e.cPrev = e.cNext = undefined
-      if (list.oldest === undefined) this.#byCtx.delete(e.ctx)
+      e.cList = undefined
+      if (list.oldest === undefined) {
+        this.#byCtx.delete(e.ctx)
+        if (this.#lastCtxList === list) {
+          this.#lastCtxList = undefined
+          this.#lastCtx = -1
+        }
+      }
     }
     this.#outstanding--
     if (this.#drains.length > 0) this.#checkDrains(e.ctx)

@@ -121,8 +121,11 @@ export function opcodeName (code: number): OpcodeName | undefined {
 export function statusName (code: number): StatusName | undefined {
   return statusNames.get(code)
 }
+/** 1 at each opcode's value: a table read instead of a hash lookup per descriptor */
+const OPCODE_VALID = new Uint8Array(256)
+for (const v of Object.values(Opcode)) OPCODE_VALID[v] = 1
 export function isOpcode (code: number): code is Opcode {
-  return opcodeNames.has(code)
+  return OPCODE_VALID[code & 0xFF] === 1 && code === (code & 0xFF)
 }
 
 /** Exact values of the addresses that read as ADDR_UNREPRESENTABLE. */
@@ -340,52 +343,13 @@ export function ivAddr (opArgs: Uint8Array): number {
   return readAddr(opArgs, OP_ARG.IV_ADDR)
 }
 
-/** How many leading op_args bytes each opcode uses; the rest must be 0. */
-const USED_OP_ARGS: Readonly<Record<number, number>> = {
-  [Opcode.FILL]: FILL_PATTERN_SIZE,
-  [Opcode.CRC32]: 4,
-  [Opcode.DEFLATE]: 1,
-  [Opcode.ENCRYPT]: 16,
-  [Opcode.DECRYPT]: 16
-}
-
-export interface ValidateOptions {
-  /** the descriptor is a member of a BATCH: a nested BATCH is INVALID_OPCODE */
-  inBatch?: boolean
-}
-
-/**
- * 0 when the descriptor may run, else the status it completes with (section 4). It
- * checks the descriptor alone; addresses are for translation to judge. NOOP and DRAIN
- * read nothing, so their size is not checked; completion_addr 0 with COMPLETION_RECORD
- * set means no record (section 1: "0 = none"), not an error.
- */
-export function validateDescriptor (d: Descriptor, limits: Limits, opts: ValidateOptions = {}): number {
-  const op = d.opcode
-  if (!isOpcode(op) || !limits.algorithms.has(op)) return Status.INVALID_OPCODE
-  if (op === Opcode.BATCH && opts.inBatch === true) return Status.INVALID_OPCODE
-  if ((d.flags & FLAG_RESERVED_MASK) !== 0) return Status.INVALID_FIELD
-  if (d.reserved !== 0) return Status.INVALID_FIELD
-  if (d.completionAddr === ADDR_UNREPRESENTABLE) {
-    // 2**64 is itself aligned; the real low bits are in the exact value
-    const w = d.wide?.completionAddr
-    if (w === undefined || w % BigInt(CR_ALIGN) !== 0n) return Status.INVALID_FIELD
-  } else if (d.completionAddr % CR_ALIGN !== 0) {
-    return Status.INVALID_FIELD
-  }
-  if (op === Opcode.BATCH) {
-    if (d.size < 1 || d.size > limits.maxBatchSize) return Status.INVALID_FIELD
-  } else if (op !== Opcode.NOOP && op !== Opcode.DRAIN) {
-    if (d.size < 1 || d.size > limits.maxTransferSize) return Status.INVALID_FIELD
-  }
-  const used = USED_OP_ARGS[op] ?? 0
-  for (let i = used; i < OP_ARGS_SIZE; i++) {
-    if (d.opArgs[i] !== 0) return Status.INVALID_FIELD
-  }
-  if (op === Opcode.DEFLATE && deflateLevel(d.opArgs) > MAX_DEFLATE_LEVEL) return Status.INVALID_FIELD
-  if (op === Opcode.DECRYPT && d.size < AES_TAG_SIZE) return Status.INVALID_FIELD
-  return 0
-}
+/** How many leading op_args bytes each opcode uses, by opcode value; the rest must be 0. */
+const USED_OP_ARGS = new Uint8Array(256)
+USED_OP_ARGS[Opcode.FILL] = FILL_PATTERN_SIZE
+USED_OP_ARGS[Opcode.CRC32] = 4
+USED_OP_ARGS[Opcode.DEFLATE] = 1
+USED_OP_ARGS[Opcode.ENCRYPT] = 16
+USED_OP_ARGS[Opcode.DECRYPT] = 16
 
 /** Output bound of raw deflate for n input bytes (zlib's deflateBound, stored-block worst case). */
 export function deflateBound (n: number): number {
@@ -402,24 +366,50 @@ export interface BufferRegion {
   write: boolean
 }
 
+/** A region's role as a number, in the order a device reads them; also an index. */
+export const Role = { KEY: 0, IV: 1, SRC: 2, DST: 3 } as const
+const ROLE_NAMES = ['key', 'iv', 'src', 'dst'] as const
+
+/**
+ * The regions of one descriptor, in columns, refilled for each: the device's front end
+ * reads every descriptor's regions, and an object per region was garbage per descriptor.
+ */
+export class RegionList {
+  n = 0
+  readonly role = new Uint8Array(4)
+  readonly field = new Uint8Array(4)
+  readonly va = new Float64Array(4)
+  readonly len = new Float64Array(4)
+  readonly write = new Uint8Array(4)
+
+  push (role: number, field: number, va: number, len: number, write: boolean): void {
+    const i = this.n++
+    this.role[i] = role
+    this.field[i] = field
+    this.va[i] = va
+    this.len[i] = len
+    this.write[i] = write ? 1 : 0
+  }
+}
+
 /**
  * The buffers a descriptor names (section 3), in the order a device reads them: the
  * key and IV, the source, then the destination (COMPARE's second source is read). The
  * destination is what the output can reach, never more than `maxTransferSize` for an
  * INFLATE, whatever `dst_size` says. NOOP, DRAIN and BATCH have none here (a BATCH's
- * array is read by whoever runs the batch).
+ * array is read by whoever runs the batch). Answers `out`, refilled.
  */
-export function descriptorRegions (b: Uint8Array, maxTransferSize: number): BufferRegion[] {
+export function regionsInto (b: Uint8Array, maxTransferSize: number, out: RegionList): RegionList {
   const opcode = b[DESC.OPCODE]
   const size = readU32(b, DESC.SIZE)
   const dstSize = readU32(b, DESC.DST_SIZE)
-  const out: BufferRegion[] = []
+  out.n = 0
   if (opcode === Opcode.ENCRYPT || opcode === Opcode.DECRYPT) {
-    out.push({ role: 'key', field: DESC.OP_ARGS + OP_ARG.KEY_ADDR, va: readAddr(b, DESC.OP_ARGS + OP_ARG.KEY_ADDR), len: AES_KEY_SIZE, write: false })
-    out.push({ role: 'iv', field: DESC.OP_ARGS + OP_ARG.IV_ADDR, va: readAddr(b, DESC.OP_ARGS + OP_ARG.IV_ADDR), len: AES_IV_SIZE, write: false })
+    out.push(Role.KEY, DESC.OP_ARGS + OP_ARG.KEY_ADDR, readAddr(b, DESC.OP_ARGS + OP_ARG.KEY_ADDR), AES_KEY_SIZE, false)
+    out.push(Role.IV, DESC.OP_ARGS + OP_ARG.IV_ADDR, readAddr(b, DESC.OP_ARGS + OP_ARG.IV_ADDR), AES_IV_SIZE, false)
   }
   if (opcode >= Opcode.MEMMOVE && opcode <= Opcode.DECRYPT && opcode !== Opcode.FILL) {
-    out.push({ role: 'src', field: DESC.SRC, va: readAddr(b, DESC.SRC), len: size, write: false })
+    out.push(Role.SRC, DESC.SRC, readAddr(b, DESC.SRC), size, false)
   }
   let len = 0
   let write = true
@@ -432,28 +422,50 @@ export function descriptorRegions (b: Uint8Array, maxTransferSize: number): Buff
     case Opcode.ENCRYPT: len = Math.min(dstSize, size + AES_TAG_SIZE); break
     case Opcode.DECRYPT: len = Math.min(dstSize, Math.max(0, size - AES_TAG_SIZE)); break
   }
-  if (len > 0) out.push({ role: 'dst', field: DESC.DST, va: readAddr(b, DESC.DST), len, write })
+  if (len > 0) out.push(Role.DST, DESC.DST, readAddr(b, DESC.DST), len, write)
+  return out
+}
+
+/** regionsInto as objects, for callers off the per-descriptor path. */
+export function descriptorRegions (b: Uint8Array, maxTransferSize: number): BufferRegion[] {
+  const l = regionsInto(b, maxTransferSize, new RegionList())
+  const out: BufferRegion[] = []
+  for (let i = 0; i < l.n; i++) {
+    out.push({ role: ROLE_NAMES[l.role[i]], field: l.field[i], va: l.va[i], len: l.len[i], write: l.write[i] === 1 })
+  }
   return out
 }
 
 /**
- * validateDescriptor on descriptor bytes in place, without copying op_args: what the
- * device and the kernel check on every descriptor they are handed.
+ * 0 when the descriptor may run, else the status it completes with (section 4). It
+ * checks the descriptor alone; addresses are for translation to judge. NOOP and DRAIN
+ * read nothing, so their size is not checked; completion_addr 0 with COMPLETION_RECORD
+ * set means no record (section 1: "0 = none"), not an error. `inBatch`: the descriptor
+ * is a member of a BATCH, where a nested BATCH is INVALID_OPCODE.
+ *
+ * It reads the bytes where they lie, with no object and no op_args view per call: the
+ * device's front end and the kernel's mediated path check every descriptor this way.
  */
-export function validateInPlace (b: Uint8Array, limits: Limits, opts: ValidateOptions = {}): number {
-  return validateDescriptor({
-    opcode: b[DESC.OPCODE],
-    flags: b[DESC.FLAGS],
-    reserved: b[DESC.RESERVED] | (b[DESC.RESERVED + 1] << 8),
-    pasid: 0,
-    completionAddr: readAddr(b, DESC.COMPLETION_ADDR),
-    src: 0,
-    dst: 0,
-    size: readU32(b, DESC.SIZE),
-    dstSize: readU32(b, DESC.DST_SIZE),
-    tag: 0n,
-    opArgs: b.subarray(DESC.OP_ARGS, DESC.OP_ARGS + OP_ARGS_SIZE)
-  }, limits, opts)
+export function validateInPlace (b: Uint8Array, limits: Limits, inBatch = false): number {
+  const op = b[DESC.OPCODE]
+  if (OPCODE_VALID[op] !== 1 || !limits.algorithms.has(op)) return Status.INVALID_OPCODE
+  if (op === Opcode.BATCH && inBatch) return Status.INVALID_OPCODE
+  if ((b[DESC.FLAGS] & FLAG_RESERVED_MASK) !== 0) return Status.INVALID_FIELD
+  if (b[DESC.RESERVED] !== 0 || b[DESC.RESERVED + 1] !== 0) return Status.INVALID_FIELD
+  // 2**32 is a multiple of CR_ALIGN: the low byte decides, wide address or not
+  if (b[DESC.COMPLETION_ADDR] % CR_ALIGN !== 0) return Status.INVALID_FIELD
+  const size = readU32(b, DESC.SIZE)
+  if (op === Opcode.BATCH) {
+    if (size < 1 || size > limits.maxBatchSize) return Status.INVALID_FIELD
+  } else if (op !== Opcode.NOOP && op !== Opcode.DRAIN) {
+    if (size < 1 || size > limits.maxTransferSize) return Status.INVALID_FIELD
+  }
+  for (let i = DESC.OP_ARGS + USED_OP_ARGS[op]; i < DESC_SIZE; i++) {
+    if (b[i] !== 0) return Status.INVALID_FIELD
+  }
+  if (op === Opcode.DEFLATE && b[DESC.OP_ARGS + OP_ARG.LEVEL] > MAX_DEFLATE_LEVEL) return Status.INVALID_FIELD
+  if (op === Opcode.DECRYPT && size < AES_TAG_SIZE) return Status.INVALID_FIELD
+  return 0
 }
 
 // JSON forms (PROTOCOL.md: 64-bit addresses and tags as hex strings, sizes as numbers).
@@ -623,7 +635,7 @@ export function descriptorToJson (d: Descriptor): DescriptorJson {
     tag: hex64(d.tag)
   }
   const a = d.opArgs
-  const used = USED_OP_ARGS[d.opcode] ?? 0
+  const used = USED_OP_ARGS[d.opcode & 0xFF]
   if (a.subarray(used).some(x => x !== 0)) {
     j.op_args = Buffer.from(a).toString('hex')
     return j

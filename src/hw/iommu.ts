@@ -12,6 +12,12 @@ import { Errno, err, ok, type Result } from './errno.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
 import type { IovaDomain } from './iova-domain.ts'
 
+/** A scatter list the IOMMU fills: physical byte addresses and lengths (an engine Sg). */
+export interface SgList {
+  addrs: number[]
+  lens: number[]
+}
+
 /** Walk outcomes below zero; a walk that succeeds answers the frame number (always >= 1). */
 export const Xlate = {
   NOT_PRESENT: -1,
@@ -67,6 +73,8 @@ export class DeviceAccess {
   /** the context's accesses in flight, a list (a Set grew and shrank with every burst) */
   prev: DeviceAccess | undefined
   next: DeviceAccess | undefined
+  /** the list it is on, while it is on one */
+  list: AccessList | undefined
 
   readonly ctx: number
   readonly iommu: Iommu
@@ -206,11 +214,21 @@ export class Iotlb {
   }
 }
 
+/** A context's device accesses in flight, linked through DeviceAccess.prev/next. */
+interface AccessList {
+  first: DeviceAccess | undefined
+  last: DeviceAccess | undefined
+  count: number
+}
+
 export class Iommu {
   readonly #pasids = new Map<number, IommuAddressSpace>()
   readonly #domains = new Map<number, IovaDomain>()
   readonly #iotlbs: Iotlb[] = []
-  readonly #accesses = new Map<number, { first: DeviceAccess | undefined, last: DeviceAccess | undefined, count: number }>()
+  readonly #accesses = new Map<number, AccessList>()
+  /** the list the last access began on: a doorbell write's descriptors share one */
+  #lastAccessList: AccessList | undefined
+  #lastAccessCtx = -1
   #nextPasid = 1
   faultsRecorded = 0
   pageRequests = 0
@@ -312,11 +330,14 @@ export class Iommu {
 
   beginAccess (ctx: number): DeviceAccess {
     const a = new DeviceAccess(ctx, this)
-    let list = this.#accesses.get(ctx)
+    let list = ctx === this.#lastAccessCtx ? this.#lastAccessList : this.#accesses.get(ctx)
     if (list === undefined) {
       list = { first: undefined, last: undefined, count: 0 }
       this.#accesses.set(ctx, list)
     }
+    this.#lastAccessCtx = ctx
+    this.#lastAccessList = list
+    a.list = list
     a.prev = list.last
     if (list.last !== undefined) list.last.next = a
     else list.first = a
@@ -327,14 +348,21 @@ export class Iommu {
 
   /** Called by DeviceAccess.release. */
   forgetAccess (a: DeviceAccess): void {
-    const list = this.#accesses.get(a.ctx)
+    const list = a.list
     if (list === undefined) return
     if (a.prev !== undefined) a.prev.next = a.next
     else list.first = a.next
     if (a.next !== undefined) a.next.prev = a.prev
     else list.last = a.prev
     a.prev = a.next = undefined
-    if (--list.count === 0) this.#accesses.delete(a.ctx)
+    a.list = undefined
+    if (--list.count === 0) {
+      this.#accesses.delete(a.ctx)
+      if (this.#lastAccessList === list) {
+        this.#lastAccessList = undefined
+        this.#lastAccessCtx = -1
+      }
+    }
   }
 
   accessesInFlight (ctx?: number): number {
@@ -363,22 +391,45 @@ export class Iommu {
     }
   }
 
+  /** why the last holdInto stopped short: an Xlate code, or 0 when it did not */
+  holdFault = 0
+
   /**
-   * Translates [va, va+len) for an access, one page at a time, holding each frame.
-   * Answers the bytes translated before the first fault and that fault's code (0 if none).
+   * Translates [va, va+len) for an access, one page at a time, holding each frame, and
+   * refills `sg` with the physical segments of what translated (one per page). Answers
+   * the bytes translated before the first fault, whose code it leaves in `holdFault`
+   * (0 when none): the device's front end calls this for every buffer of every
+   * descriptor, and a result object and a frame list per call were garbage per buffer.
    */
-  holdRange (tlb: Iotlb, a: DeviceAccess, va: number, len: number, write: boolean, frames: number[]): { done: number, code: number } {
-    let done = 0
+  holdInto (tlb: Iotlb, a: DeviceAccess, va: number, len: number, write: boolean, sg: SgList): number {
     a.ranges.push(va, va + len)
+    const addrs = sg.addrs
+    const lens = sg.lens
+    let done = 0
+    let k = 0
+    let code = 0
     while (done < len) {
       const addr = va + done
       const frame = tlb.translate(a.ctx, addr, write)
-      if (frame < 0) return { done, code: frame }
+      if (frame < 0) {
+        code = frame
+        break
+      }
       this.mem.get(frame)
       a.frames.push(frame)
-      frames.push(frame)
-      done += PAGE_SIZE - (addr & (PAGE_SIZE - 1))
+      const inPage = addr & (PAGE_SIZE - 1)
+      const n = Math.min(PAGE_SIZE - inPage, len - done)
+      addrs[k] = frame * PAGE_SIZE + inPage
+      lens[k] = n
+      k++
+      done += n
     }
-    return { done: len, code: 0 }
+    // a length store runs through V8's runtime even when nothing changes
+    if (addrs.length !== k) {
+      addrs.length = k
+      lens.length = k
+    }
+    this.holdFault = code
+    return done
   }
 }

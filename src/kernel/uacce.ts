@@ -363,7 +363,7 @@ export class Uacce {
     const d = q.device
     const desc = m.desc
     const dev = d.dev
-    const st = validateInPlace(desc, dev.limits, { inBatch })
+    const st = validateInPlace(desc, dev.limits, inBatch)
     if (st !== 0) return st
     // A top-level record the kernel writes itself after unpinning; a batch member's the
     // device writes, into the tenant's page pinned and mapped for it. Nothing is pushed.

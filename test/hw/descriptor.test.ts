@@ -4,7 +4,7 @@ import {
   ADDR_UNREPRESENTABLE, CR, CR_SIZE, DESC, DESC_SIZE, Flag, FLAG_RESERVED_MASK, OP_ARGS_SIZE, Opcode,
   STATUS_NOT_COMPLETE, Status, completionFromJson, completionToJson, crcSeed, deflateLevel,
   descriptorFromJson, descriptorToJson, exactAddr, fillPattern, ivAddr, keyAddr, makeCompletion,
-  makeDescriptor, opcodeName, readAddr, readCompletion, readDescriptor, statusName, validateDescriptor,
+  makeDescriptor, opcodeName, readAddr, readCompletion, readDescriptor, statusName, validateInPlace,
   writeCompletion, writeDescriptor, writeU64, type Completion, type Descriptor, type Limits
 } from '../../src/hw/descriptor.ts'
 
@@ -195,7 +195,13 @@ t.test('op_args accessors', async t => {
   t.equal(deflateLevel(a), 1)
 })
 
-t.test('validateDescriptor', async t => {
+t.test('validateInPlace', async t => {
+  // a Descriptor's bytes, validated where a device would read them
+  const validateDescriptor = (d: Descriptor, l: Limits, opts: { inBatch?: boolean } = {}): number => {
+    const b = new Uint8Array(DESC_SIZE)
+    writeDescriptor(b, 0, d)
+    return validateInPlace(b, l, opts.inBatch === true)
+  }
   const good = (init: Partial<Descriptor> & { opcode: number }): Descriptor =>
     makeDescriptor({ size: 4096, src: 0x1000, dst: 0x2000, ...init })
   const withArgs = (opcode: number, bytes: Array<[number, number]>, init: Partial<Descriptor> = {}): Descriptor => {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Errno } from '../../src/hw/errno.ts'
 import { Prot } from '../../src/kernel/vma.ts'
-import { RW, bytes, must, newKernel } from './helpers.ts'
+import { RW, bytes, hold, must, newKernel } from './helpers.ts'
 
 const P = 4096
 
@@ -63,8 +63,9 @@ t.test('writeback write-protect waits for a running device write through the not
   const a = must(p.mm.mmap({ length: P, prot: RW, shared: true, file }))
   must(p.mm.store(a, new Uint8Array(P).fill(1)))
   const acc = k.iommu.beginAccess(pasid)
-  const frames: number[] = []
-  t.same(k.iommu.holdRange(tlb, acc, a, P, true, frames), { done: P, code: 0 })
+  const h = hold(k, tlb, acc, a, P, true)
+  t.same({ done: h.done, code: h.code }, { done: P, code: 0 })
+  const frames = h.frames
   acc.state = 'running'
   k.mem.bytes.fill(3, frames[0] * P, frames[0] * P + 100)
   acc.wait = () => {

@@ -1,6 +1,7 @@
 import { Kernel } from '../../src/kernel/kernel.ts'
 import { Prot } from '../../src/kernel/vma.ts'
 import type { Result } from '../../src/hw/errno.ts'
+import type { DeviceAccess, Iotlb, SgList } from '../../src/hw/iommu.ts'
 
 export const RW = Prot.READ | Prot.WRITE
 
@@ -22,4 +23,16 @@ export function bytes (n: number, seed = 1): Uint8Array {
     b[i] = x >>> 24
   }
   return b
+}
+
+/**
+ * A device access's hold of [va, va+len), as the device's front end makes it: the bytes
+ * translated, the fault code (0 if none), the frames held (a copy: release empties the
+ * access's own list) and the scatter list.
+ */
+export function hold (k: Kernel, tlb: Iotlb, acc: DeviceAccess, va: number, len: number, write: boolean): { done: number, code: number, frames: number[], sg: SgList } {
+  const sg: SgList = { addrs: [], lens: [] }
+  const before = acc.frames.length
+  const done = k.iommu.holdInto(tlb, acc, va, len, write, sg)
+  return { done, code: k.iommu.holdFault, frames: acc.frames.slice(before), sg }
 }

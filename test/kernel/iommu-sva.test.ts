@@ -3,7 +3,7 @@ import { Errno } from '../../src/hw/errno.ts'
 import { Iommu, Xlate } from '../../src/hw/iommu.ts'
 import { IovaDomain } from '../../src/hw/iova-domain.ts'
 import { Prot } from '../../src/kernel/vma.ts'
-import { RW, bytes, must, newKernel } from './helpers.ts'
+import { RW, bytes, hold, must, newKernel } from './helpers.ts'
 
 const P = 4096
 
@@ -94,9 +94,11 @@ t.test('a device access holds its frames; the notifier waits for a running one',
   const a = must(p.mm.mmap({ length: 2 * P, prot: RW, shared: false }))
   must(p.mm.store(a, bytes(2 * P)))
   const acc = k.iommu.beginAccess(pasid)
-  const frames: number[] = []
-  t.same(k.iommu.holdRange(tlb, acc, a + 10, P, true, frames), { done: P, code: 0 })
+  const h = hold(k, tlb, acc, a + 10, P, true)
+  t.same({ done: h.done, code: h.code }, { done: P, code: 0 })
+  const frames = h.frames
   t.equal(frames.length, 2)
+  t.same(h.sg, { addrs: [frames[0] * P + 10, frames[1] * P], lens: [P - 10, 10] }, 'one segment per page, the first from the offset')
   // The device is running: the notifier must wait for it before the frames go.
   acc.state = 'running'
   let waited = false
@@ -121,8 +123,7 @@ t.test('no frame is freed or reused while a device access holds it', async t => 
   const a = must(p.mm.mmap({ length: P, prot: RW, shared: false }))
   must(p.mm.store(a, new Uint8Array([7])))
   const acc = k.iommu.beginAccess(pasid)
-  const frames: number[] = []
-  k.iommu.holdRange(tlb, acc, a, 1, false, frames)
+  const frames = hold(k, tlb, acc, a, 1, false).frames
   // Still translating: the notifier marks it stale instead of waiting.
   must(p.mm.munmap(a, P))
   t.equal(acc.stale, true)

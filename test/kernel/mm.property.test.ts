@@ -4,7 +4,7 @@ import { Errno } from '../../src/hw/errno.ts'
 import type { Pin } from '../../src/kernel/mm.ts'
 import type { Process } from '../../src/kernel/process.ts'
 import { Prot } from '../../src/kernel/vma.ts'
-import { RW, must, newKernel } from './helpers.ts'
+import { RW, hold as holdAccess, must, newKernel } from './helpers.ts'
 
 const P = 4096
 const RUNS = 150
@@ -168,8 +168,7 @@ t.test('no frame is freed or handed out again while a pin or device access holds
         }
       } else if (o.op === 'access') {
         const acc = k.iommu.beginAccess(pasid)
-        const frames: number[] = []
-        k.iommu.holdRange(tlb, acc, base + o.page * P, P, false, frames)
+        const frames = holdAccess(k, tlb, acc, base + o.page * P, P, false).frames
         hold(frames, 1)
         holders.push({ frames, drop: () => acc.release() })
       } else if (o.op === 'release') {
