@@ -12,7 +12,7 @@
  */
 import {
   CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, RegionList, Role, Status, descriptorRegions,
-  readAddr, readU32, regionsInto, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
+  readAddr, readU32, readU64, regionsInto, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type PoolJob } from './engine-pool.ts'
@@ -50,6 +50,15 @@ export interface DeviceAttributes {
   maxTransferSize: number
   maxBatchSize: number
   engines: number
+}
+
+/**
+ * A fault address for the completion record: `va` itself, or, when it is 2**53 or more
+ * (an address field no number holds, read as ADDR_UNREPRESENTABLE: no process maps it, so
+ * it faults at its first byte), the exact 64 bits the tenant wrote at `field`.
+ */
+function exactFaultAddr (d: Uint8Array, field: number, va: number): number | bigint {
+  return Number.isSafeInteger(va) ? va : readU64(d, field)
 }
 
 const EMPTY: Sg = { addrs: [], lens: [] }
@@ -383,7 +392,7 @@ export class AccelDevice implements QueueHost {
         e.srcFault = { addr: va + done, info: code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done }
         job.size = done
       } else {
-        this.#fault(e, va + done, false, code, 0)
+        this.#fault(e, va + done, regions.field[i], false, code, 0)
         return undefined
       }
     }
@@ -408,7 +417,7 @@ export class AccelDevice implements QueueHost {
       this.iommu.reportFault(e.ctx, fault.va, fault.write, fault.code, this.id, served)
       if (e.aborted || this.#closed) return this.#complete(e, Status.ABORTED)
       if (!served) {
-        this.#fault(e, fault.va, fault.write, fault.code, 0, false)
+        this.#fault(e, fault.va, fault.field, fault.write, fault.code, 0, false)
         return
       }
     }
@@ -417,7 +426,7 @@ export class AccelDevice implements QueueHost {
       // still faulting after the page requests: report instead of spinning
       const fault = this.#firstFault(e)
       this.#releaseAccess(e)
-      if (fault !== undefined) this.#fault(e, fault.va, fault.write, fault.code, 0)
+      if (fault !== undefined) this.#fault(e, fault.va, fault.field, fault.write, fault.code, 0)
       else this.#complete(e, Status.ABORTED)
       return
     }
@@ -428,22 +437,26 @@ export class AccelDevice implements QueueHost {
   }
 
   /** Walks the descriptor's buffers and answers the first untranslatable page. */
-  #firstFault (e: Entry): { va: number, write: boolean, code: number } | undefined {
-    for (const { va, len, write } of descriptorRegions(e.desc, this.config.maxTransferSize)) {
+  #firstFault (e: Entry): { va: number, field: number, write: boolean, code: number } | undefined {
+    for (const { va, field, len, write } of descriptorRegions(e.desc, this.config.maxTransferSize)) {
       for (let off = 0; off < len;) {
         const code = this.iotlb.translate(e.ctx, va + off, write)
-        if (code < 0) return { va: va + off, write, code }
+        if (code < 0) return { va: va + off, field, write, code }
         off += PAGE_SIZE - ((va + off) % PAGE_SIZE)
       }
     }
     return undefined
   }
 
-  /** Completes PAGE_FAULT and counts it against the queue (isolation). */
-  #fault (e: Entry, va: number, write: boolean, code: number, done: number, report = true): void {
+  /**
+   * Completes PAGE_FAULT and counts it against the queue (isolation). `field`: the
+   * descriptor offset of the address that faulted, whose exact bytes are the record's
+   * fault_addr when it is 2**53 or more (no number holds it).
+   */
+  #fault (e: Entry, va: number, field: number, write: boolean, code: number, done: number, report = true): void {
     if (report) this.iommu.reportFault(e.ctx, va, write, code, this.id, false)
     const info = (write ? FaultInfo.WRITE : 0) | (code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
-    this.#complete(e, Status.PAGE_FAULT, 0, info, done, va, 0)
+    this.#complete(e, Status.PAGE_FAULT, 0, info, done, exactFaultAddr(e.desc, field, va), 0)
   }
 
   #startBatch (e: Entry, jobs: DeviceJob[]): void {
@@ -455,7 +468,7 @@ export class AccelDevice implements QueueHost {
     const code = this.iommu.holdFault
     if (code < 0) {
       this.#releaseAccess(e)
-      return this.#fault(e, src + done, false, code, 0)
+      return this.#fault(e, src + done, DESC.SRC, false, code, 0)
     }
     // The device reads the whole array once, into its own memory.
     const members = new Uint8Array(count * DESC_SIZE)
@@ -518,7 +531,7 @@ export class AccelDevice implements QueueHost {
           const va = readAddr(d, DESC.DST) + r.value
           this.iommu.reportFault(e.ctx, va, true, e.dstFaultCode, this.id, false)
           const info = FaultInfo.WRITE | (e.dstFaultCode === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
-          this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, va, 0)
+          this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, exactFaultAddr(d, DESC.DST, va), 0)
         } else if (e.srcFault !== undefined && r.status === Status.SUCCESS && !(d[DESC.OPCODE] === Opcode.COMPARE && r.result === 1)) {
           const f = e.srcFault
           this.iommu.reportFault(e.ctx, f.addr, false, f.info !== 0 ? Xlate.NO_MAPPING : Xlate.NOT_PRESENT, this.id, false)
@@ -535,7 +548,7 @@ export class AccelDevice implements QueueHost {
   }
 
   /** The one completion of an entry: record to memory if asked, the port, the batch, drains. */
-  #complete (e: Entry, status: number, result = 0, faultInfo = 0, bytesCompleted = 0, faultAddr = 0, value = 0): void {
+  #complete (e: Entry, status: number, result = 0, faultInfo = 0, bytesCompleted = 0, faultAddr: number | bigint = 0, value = 0): void {
     if (e.state === 'done') return
     if (e.aborted && status !== Status.ABORTED) {
       status = Status.ABORTED

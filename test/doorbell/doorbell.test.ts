@@ -7,7 +7,7 @@ import net from 'node:net'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { WarpClient, Doorbell, Opcode, Status, Flag, FRAME } from '../../src/client/index.ts'
-import { CR_SIZE, readCompletion } from '../../src/hw/descriptor.ts'
+import { ADDR_UNREPRESENTABLE, CR_SIZE, readCompletion } from '../../src/hw/descriptor.ts'
 import { build, adminHeaders } from '../helper.ts'
 
 const P = 4096
@@ -121,6 +121,14 @@ t.test('isolation between tenants: another\'s address faults, forged PASIDs chan
   t.equal(r.status, Status.PAGE_FAULT)
   t.equal(r.faultAddr, secret)
   t.same(await db.load(a.buf, 24), Buffer.alloc(24), 'no byte of it arrived')
+  // an address no number holds (2**53 and up) faults with its exact bytes, and the
+  // server carries on (it once threw writing the record, from the device's pump)
+  const wide = (1n << 62n) + 3n
+  const w = await db.submit({ opcode: Opcode.MEMMOVE, src: ADDR_UNREPRESENTABLE, wide: { src: wide }, dst: a.buf, size: 24 })
+  t.equal(w.status, Status.PAGE_FAULT)
+  t.equal(w.faultAddr, wide)
+  t.equal((await db.submit({ opcode: Opcode.NOOP })).status, Status.SUCCESS, 'the channel still works')
+  t.same(await b.c.load(b.pid, secret, 5), Buffer.from('the o'), 'and so does the server')
 })
 
 t.test('one channel per queue; sync_only queues have none; only the owner maps it; fork gives none', async t => {

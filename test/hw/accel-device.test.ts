@@ -1,7 +1,7 @@
 import t from 'tap'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
-import { CR_SIZE, FaultInfo, Flag, Opcode, Status, readCompletion } from '../../src/hw/descriptor.ts'
+import { CR_SIZE, DESC, FaultInfo, Flag, Opcode, Status, readCompletion, writeU64 } from '../../src/hw/descriptor.ts'
 import { QueueState } from '../../src/hw/hw-queue.ts'
 import { Prot } from '../../src/kernel/vma.ts'
 import { P, Rig, deviceConfig, encode, run } from './device-rig.ts'
@@ -217,6 +217,42 @@ t.test('a doorbell write is copied whole, from any byte offset, into whichever s
     }
   }
   t.pass('16 writes at every phase, every descriptor ran as written')
+})
+
+t.test('an address of 2**53 or more faults with the exact value the tenant wrote', async t => {
+  // No number holds such an address; the device used to throw writing the record, and
+  // the descriptor was never answered. Each address field a descriptor can name.
+  const rig = new Rig()
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const buf = rig.map(P)
+  rig.store(buf, new Uint8Array(P))
+  const wide = (1n << 60n) + 0x1234n
+  const cases: Array<[string, Parameters<typeof encode>[0][0], number, number]> = [
+    ['src', { opcode: Opcode.MEMMOVE, dst: buf, size: 16 }, DESC.SRC, 0],
+    ['dst', { opcode: Opcode.MEMMOVE, src: buf, size: 16 }, DESC.DST, FaultInfo.WRITE],
+    ['dst of SHA256', { opcode: Opcode.SHA256, src: buf, size: 16 }, DESC.DST, FaultInfo.WRITE],
+    ['key', { opcode: Opcode.ENCRYPT, src: buf, dst: buf + 256, size: 16, dstSize: 64, opArgs: opArgs(u64(0), u64(buf + 128)) }, DESC.OP_ARGS, 0],
+    ['iv', { opcode: Opcode.ENCRYPT, src: buf, dst: buf + 256, size: 16, dstSize: 64, opArgs: opArgs(u64(buf + 64), u64(0)) }, DESC.OP_ARGS + 8, 0],
+    ['batch array', { opcode: Opcode.BATCH, size: 2 }, DESC.SRC, 0],
+    ['src, blocking on faults', { opcode: Opcode.MEMMOVE, flags: Flag.BLOCK_ON_FAULT, dst: buf, size: 16 }, DESC.SRC, 0]
+  ]
+  let tag = 100n
+  for (const [name, d, field, info] of cases) {
+    const bytes = encode([{ ...d, tag: ++tag }])
+    writeU64(bytes, field, wide + tag)
+    const before = c.count
+    t.equal(c.port.submit(bytes, 0, 1), 1, `${name}: accepted`)
+    await c.waitFor(before + 1)
+    const cr = c.completions.get(tag)?.[0]
+    t.equal(cr?.status, Status.PAGE_FAULT, `${name}: PAGE_FAULT`)
+    t.equal(cr?.faultAddr, wide + tag, `${name}: fault_addr is exactly what was written`)
+    t.equal(cr?.faultInfo, info | FaultInfo.NO_MAPPING, `${name}: fault_info`)
+  }
+  const [after] = await run(c, [{ opcode: Opcode.NOOP, tag: 1n }])
+  t.equal(after.status, Status.SUCCESS, 'and the device goes on')
 })
 
 t.test('RETRY beyond the ring, QUEUE_DISABLED when isolated, cleared by the admin', async t => {
