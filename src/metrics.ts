@@ -274,8 +274,13 @@ export class Metrics {
 
     for (const d of uacce.devices.values()) {
       const id = d.dev.id
+      // a doorbell's completions arrive in runs of one port: one WeakMap lookup per run
+      let lastPort: QueuePort | undefined
+      let last: Series | undefined
       d.dev.observer = (queue, port, status, _opcode, bytes, latencyNs) => {
-        const s = this.#ports.get(port) ?? this.#lookup(id, queue, port)
+        const s = port === lastPort && last !== undefined ? last : this.#ports.get(port) ?? this.#lookup(id, queue, port)
+        lastPort = port
+        last = s
         s.byStatus[status]++
         s.bytes += bytes
         if (status === Status.PAGE_FAULT) s.faults++

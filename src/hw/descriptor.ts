@@ -166,8 +166,18 @@ export interface Completion {
 export interface Limits {
   maxTransferSize: number
   maxBatchSize: number
-  /** the opcodes the device implements, BATCH and DRAIN included when it does */
-  algorithms: ReadonlySet<number>
+  /**
+   * The opcodes the device implements, BATCH and DRAIN included when it does: 1 at each
+   * one's value (algorithmTable). A table, not a Set: it is read for every descriptor.
+   */
+  algorithms: Uint8Array
+}
+
+/** The Limits.algorithms table of a set of opcodes. */
+export function algorithmTable (opcodes: Iterable<number>): Uint8Array {
+  const t = new Uint8Array(256)
+  for (const op of opcodes) if (isOpcode(op)) t[op] = 1
+  return t
 }
 
 // Bytes are assembled by hand rather than through a DataView so the same code reads a
@@ -448,10 +458,10 @@ export function descriptorRegions (b: Uint8Array, maxTransferSize: number): Buff
  */
 export function validateInPlace (b: Uint8Array, limits: Limits, inBatch = false): number {
   const op = b[DESC.OPCODE]
-  if (OPCODE_VALID[op] !== 1 || !limits.algorithms.has(op)) return Status.INVALID_OPCODE
+  if (limits.algorithms[op] !== 1) return Status.INVALID_OPCODE
   if (op === Opcode.BATCH && inBatch) return Status.INVALID_OPCODE
   if ((b[DESC.FLAGS] & FLAG_RESERVED_MASK) !== 0) return Status.INVALID_FIELD
-  if (b[DESC.RESERVED] !== 0 || b[DESC.RESERVED + 1] !== 0) return Status.INVALID_FIELD
+  if ((b[DESC.RESERVED] | b[DESC.RESERVED + 1]) !== 0) return Status.INVALID_FIELD
   // 2**32 is a multiple of CR_ALIGN: the low byte decides, wide address or not
   if (b[DESC.COMPLETION_ADDR] % CR_ALIGN !== 0) return Status.INVALID_FIELD
   const size = readU32(b, DESC.SIZE)
@@ -460,9 +470,9 @@ export function validateInPlace (b: Uint8Array, limits: Limits, inBatch = false)
   } else if (op !== Opcode.NOOP && op !== Opcode.DRAIN) {
     if (size < 1 || size > limits.maxTransferSize) return Status.INVALID_FIELD
   }
-  for (let i = DESC.OP_ARGS + USED_OP_ARGS[op]; i < DESC_SIZE; i++) {
-    if (b[i] !== 0) return Status.INVALID_FIELD
-  }
+  let unused = 0
+  for (let i = DESC.OP_ARGS + USED_OP_ARGS[op]; i < DESC_SIZE; i++) unused |= b[i]
+  if (unused !== 0) return Status.INVALID_FIELD
   if (op === Opcode.DEFLATE && b[DESC.OP_ARGS + OP_ARG.LEVEL] > MAX_DEFLATE_LEVEL) return Status.INVALID_FIELD
   if (op === Opcode.DECRYPT && size < AES_TAG_SIZE) return Status.INVALID_FIELD
   return 0

@@ -261,6 +261,8 @@ interface Lane {
   /** words written, published or not */
   sqTail: number
   sqPublished: number
+  /** the worker's consumed position, as last read */
+  sqHeadSeen: number
   cqh: Int32Array
   cqd: Uint32Array
   cqMask: number
@@ -416,6 +418,7 @@ export class EnginePool {
         sqMask: this.ringBytes / 4 - 1,
         sqTail: start,
         sqPublished: start,
+        sqHeadSeen: start,
         cqh,
         cqd: new Uint32Array(cq, RING_HEADER_BYTES),
         cqMask: cqEntries - 1,
@@ -547,8 +550,12 @@ export class EnginePool {
   #append (lane: Lane, job: PoolJob, words: number): Lane | undefined {
     if (!lane.alive || lane.fifo.length >= this.maxInflight) return undefined
     const cap = lane.sqMask + 1
-    const head = Atomics.load(lane.sqh, SQ.HEAD)
-    if (cap - ((lane.sqTail - head) >>> 0) < words) return undefined
+    // The worker's head only moves on: the last one read is a safe bound until it is
+    // not enough (Atomics.load is a call V8 does not inline; once per job showed).
+    if (cap - ((lane.sqTail - lane.sqHeadSeen) >>> 0) < words) {
+      lane.sqHeadSeen = Atomics.load(lane.sqh, SQ.HEAD)
+      if (cap - ((lane.sqTail - lane.sqHeadSeen) >>> 0) < words) return undefined
+    }
     const d = lane.sqd
     const m = lane.sqMask
     const base = lane.sqTail
@@ -603,9 +610,16 @@ export class EnginePool {
   #drain (lane: Lane, want = -1): EngineResult | undefined {
     let found: EngineResult | undefined
     let delivered = 0
+    // The tail is read again only once what was seen is delivered (Atomics.load is a call
+    // V8 does not inline). A callback's own drain may take entries past the tail seen,
+    // hence the signed distance rather than equality.
+    let tail = Atomics.load(lane.cqh, CQ.TAIL)
     for (;;) {
+      if (((tail - lane.cqHead) | 0) <= 0) {
+        tail = Atomics.load(lane.cqh, CQ.TAIL)
+        if (((tail - lane.cqHead) | 0) <= 0) break
+      }
       const head = lane.cqHead
-      if (head === Atomics.load(lane.cqh, CQ.TAIL)) break
       const d = lane.cqd
       const at = (head & lane.cqMask) * CE.WORDS
       const id = d[at + CE.ID_LO] + d[at + CE.ID_HI] * TWO_32
@@ -617,13 +631,15 @@ export class EnginePool {
         value: d[at + CE.VALUE_LO] + d[at + CE.VALUE_HI] * TWO_32
       }
       lane.cqHead = (head + 1) | 0
-      Atomics.store(lane.cqh, CQ.HEAD, lane.cqHead)
       this.#retire(lane, id)
       delivered++
       if (id === want) found = r
       this.#deliver(id, r)
     }
-    if (delivered > 0) this.#afterDelivery()
+    if (delivered > 0) {
+      Atomics.store(lane.cqh, CQ.HEAD, lane.cqHead)
+      this.#afterDelivery()
+    }
     return found
   }
 

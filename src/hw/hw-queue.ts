@@ -14,6 +14,9 @@ import type { DeviceAccess } from './iommu.ts'
 import type { QueueMode } from './device-config.ts'
 
 const DESC_WORDS = DESC_SIZE / 4
+/** where a doorbell write off a word boundary is aligned before its copy (grown as needed) */
+let staging = new Int32Array(64 * DESC_WORDS)
+let stagingBytes = new Uint8Array(staging.buffer)
 
 /** PROTOCOL.md section 5, the STATUS frame's values. */
 export const QueueState = {
@@ -166,11 +169,8 @@ export class HwQueue {
   /** a view of each ring slot, made once */
   readonly #slots: Uint8Array[]
   /**
-   * Free ring slots, a stack taken from a block at a time: a doorbell write of n takes
-   * the top n in the order they were freed. Slots come back in completion order, mostly
-   * acceptance order, so a write mostly gets consecutive slots and copies its descriptors
-   * in one or two runs; and the slots just freed are the ones reused, still in cache (a
-   * FIFO rotating through the whole ring cost more in cache misses than it saved).
+   * Free ring slots, a stack: the slots just freed are the ones reused, still in cache (a
+   * FIFO rotating through the whole ring cost more in cache misses).
    */
   readonly #freeSlots: Int32Array
   #freeTop = 0
@@ -182,6 +182,8 @@ export class HwQueue {
   #pending = 0
   /** arbiter credit, refilled from priority */
   credit = 0
+  /** on the device's list of queues with work (the arbiter's to set and clear) */
+  busy = false
   readonly faultTimes: number[] = []
   readonly counters: QueueCounters = { submitted: 0, completed: 0, retries: 0, disabled: 0, faults: 0, aborted: 0, bytes: 0 }
 
@@ -241,29 +243,28 @@ export class HwQueue {
   }
 
   /**
-   * Copies descriptors i < n from `buf` at `off` into slots free[base + i]. Copying 64
-   * bytes a byte at a time was a tenth of the device's main-thread time: a source on a
-   * 4-byte boundary (as a WebSocket frame's payload usually is) is copied in words, any
-   * other in runs of consecutive slots with one native copy each.
+   * Copies descriptors i < n from `buf` at `off` into slots free[base + i], 16 words each
+   * (64 byte stores each were a tenth of the device's main-thread time). A source off a
+   * 4-byte boundary is first copied whole, natively, to an aligned staging buffer.
    */
   #copyIn (buf: Uint8Array, off: number, free: Int32Array, base: number, n: number): void {
     const at = buf.byteOffset + off
+    let words: Int32Array
     if ((at & 3) === 0) {
-      const words = new Int32Array(buf.buffer, at, n * DESC_WORDS)
-      const ring = this.#ring32
-      for (let i = 0; i < n; i++) {
-        const to = free[base + i] * DESC_WORDS
-        const from = i * DESC_WORDS
-        for (let k = 0; k < DESC_WORDS; k++) ring[to + k] = words[from + k]
+      words = new Int32Array(buf.buffer, at, n * DESC_WORDS)
+    } else {
+      if (staging.length < n * DESC_WORDS) {
+        staging = new Int32Array(n * DESC_WORDS)
+        stagingBytes = new Uint8Array(staging.buffer)
       }
-      return
+      stagingBytes.set(new Uint8Array(buf.buffer, at, n * DESC_SIZE))
+      words = staging
     }
-    for (let i = 0; i < n;) {
-      const first = free[base + i]
-      let run = 1
-      while (i + run < n && free[base + i + run] === first + run) run++
-      this.ring.set(new Uint8Array(buf.buffer, at + i * DESC_SIZE, run * DESC_SIZE), first * DESC_SIZE)
-      i += run
+    const ring = this.#ring32
+    for (let i = 0; i < n; i++) {
+      const to = free[base + i] * DESC_WORDS
+      const from = i * DESC_WORDS
+      for (let k = 0; k < DESC_WORDS; k++) ring[to + k] = words[from + k]
     }
   }
 

@@ -30,6 +30,13 @@ export const TASK_SIZE = 2 ** 47
 /** PASIDs stay below this so (ctx, page) packs into one safe integer key. */
 export const PASID_MAX = 0xffff
 const DOMAIN_CTX_BASE = 0x10000
+/**
+ * Up to this many contexts keep their (empty) list of accesses when the last access ends,
+ * rather than deleting and re-adding it every round trip (as the device's context lists).
+ */
+const KEEP_EMPTY_ACCESS_LISTS = 64
+/** released accesses kept for reuse, at most (a burst's worth) */
+const MAX_SPARE_ACCESSES = 4096
 /** IOTLB associativity: entries per set */
 const IOTLB_WAYS = 4
 
@@ -58,11 +65,17 @@ export interface IommuAddressSpace {
  * One device access in flight (a descriptor being translated or run). It holds a
  * reference on every frame it reached, so no frame is freed under it; the notifier waits
  * for it (running) or marks it stale (still translating) before a translation changes.
+ *
+ * Accesses are reused: once released, beginAccess may hand the object out again (one per
+ * descriptor was garbage per descriptor), so whoever releases one lets go of it.
  */
 export class DeviceAccess {
+  /** the frames held are the first `nframes` (the arrays are reused, never shortened) */
   readonly frames: number[] = []
-  /** [start, end) virtual ranges touched, flat pairs */
+  nframes = 0
+  /** [start, end) virtual ranges touched, flat pairs: the first `nranges` numbers */
   readonly ranges: number[] = []
+  nranges = 0
   state: 'translating' | 'running' | 'done' = 'translating'
   /** a translation it used was invalidated before it started running: translate again */
   stale = false
@@ -76,7 +89,7 @@ export class DeviceAccess {
   /** the list it is on, while it is on one */
   list: AccessList | undefined
 
-  readonly ctx: number
+  ctx: number
   readonly iommu: Iommu
 
   constructor (ctx: number, iommu: Iommu) {
@@ -84,24 +97,37 @@ export class DeviceAccess {
     this.iommu = iommu
   }
 
+  /** Holds `frame` (its reference is already taken). */
+  addFrame (frame: number): void {
+    this.frames[this.nframes++] = frame
+  }
+
+  addRange (start: number, end: number): void {
+    this.ranges[this.nranges++] = start
+    this.ranges[this.nranges++] = end
+  }
+
   overlaps (start: number, end: number): boolean {
     const r = this.ranges
-    for (let i = 0; i < r.length; i += 2) {
+    for (let i = 0; i < this.nranges; i += 2) {
       if (r[i] < end && start < r[i + 1]) return true
     }
     return false
   }
 
-  /** Frees every frame reference and forgets the access. Idempotent. */
+  /**
+   * Frees every frame reference and forgets the access; it may then be handed out again.
+   * A second call before that does nothing.
+   */
   release (): void {
     if (this.state === 'done') return
     this.state = 'done'
     this.iommu.forgetAccess(this)
     const mem = this.iommu.mem
-    for (const f of this.frames) mem.put(f)
-    // setting length goes through the runtime even when it changes nothing (most
-    // accesses of small descriptors hold no frame: NOOP, DRAIN)
-    if (this.frames.length > 0) this.frames.length = 0
+    for (let i = 0; i < this.nframes; i++) mem.put(this.frames[i])
+    this.nframes = 0
+    this.nranges = 0
+    this.iommu.recycleAccess(this)
   }
 }
 
@@ -226,6 +252,8 @@ export class Iommu {
   readonly #domains = new Map<number, IovaDomain>()
   readonly #iotlbs: Iotlb[] = []
   readonly #accesses = new Map<number, AccessList>()
+  /** released accesses, to be handed out again */
+  readonly #spareAccesses: DeviceAccess[] = []
   /** the list the last access began on: a doorbell write's descriptors share one */
   #lastAccessList: AccessList | undefined
   #lastAccessCtx = -1
@@ -329,7 +357,16 @@ export class Iommu {
   }
 
   beginAccess (ctx: number): DeviceAccess {
-    const a = new DeviceAccess(ctx, this)
+    let a = this.#spareAccesses.pop()
+    if (a === undefined) {
+      a = new DeviceAccess(ctx, this)
+    } else {
+      a.ctx = ctx
+      a.state = 'translating'
+      a.stale = false
+      a.wait = undefined
+      a.job = -1
+    }
     let list = ctx === this.#lastAccessCtx ? this.#lastAccessList : this.#accesses.get(ctx)
     if (list === undefined) {
       list = { first: undefined, last: undefined, count: 0 }
@@ -346,6 +383,11 @@ export class Iommu {
     return a
   }
 
+  /** Called by DeviceAccess.release, once it has let go of everything. */
+  recycleAccess (a: DeviceAccess): void {
+    if (this.#spareAccesses.length < MAX_SPARE_ACCESSES) this.#spareAccesses.push(a)
+  }
+
   /** Called by DeviceAccess.release. */
   forgetAccess (a: DeviceAccess): void {
     const list = a.list
@@ -356,7 +398,7 @@ export class Iommu {
     else list.last = a.prev
     a.prev = a.next = undefined
     a.list = undefined
-    if (--list.count === 0) {
+    if (--list.count === 0 && this.#accesses.size > KEEP_EMPTY_ACCESS_LISTS) {
       this.#accesses.delete(a.ctx)
       if (this.#lastAccessList === list) {
         this.#lastAccessList = undefined
@@ -381,7 +423,9 @@ export class Iommu {
     for (const tlb of this.#iotlbs) tlb.flushRange(ctx, start, end)
     const list = this.#accesses.get(ctx)
     if (list === undefined) return
-    // a copy: waiting delivers completions, which release (unlink) accesses
+    // A copy: waiting delivers completions, which release (unlink) accesses. One released
+    // meanwhile may be reused by then; waiting for it or marking it stale is only
+    // caution, never wrong.
     const running: DeviceAccess[] = []
     for (let a = list.first; a !== undefined; a = a.next) running.push(a)
     for (const a of running) {
@@ -402,7 +446,7 @@ export class Iommu {
    * descriptor, and a result object and a frame list per call were garbage per buffer.
    */
   holdInto (tlb: Iotlb, a: DeviceAccess, va: number, len: number, write: boolean, sg: SgList): number {
-    a.ranges.push(va, va + len)
+    a.addRange(va, va + len)
     const addrs = sg.addrs
     const lens = sg.lens
     let done = 0
@@ -416,7 +460,7 @@ export class Iommu {
         break
       }
       this.mem.get(frame)
-      a.frames.push(frame)
+      a.addFrame(frame)
       const inPage = addr & (PAGE_SIZE - 1)
       const n = Math.min(PAGE_SIZE - inPage, len - done)
       addrs[k] = frame * PAGE_SIZE + inPage

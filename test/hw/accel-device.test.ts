@@ -1,7 +1,7 @@
 import t from 'tap'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
-import { CR_SIZE, DESC, FaultInfo, Flag, Opcode, Status, readCompletion, writeU64 } from '../../src/hw/descriptor.ts'
+import { CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, readCompletion, writeU64 } from '../../src/hw/descriptor.ts'
 import { QueueState } from '../../src/hw/hw-queue.ts'
 import { Prot } from '../../src/kernel/vma.ts'
 import { P, Rig, deviceConfig, encode, run } from './device-rig.ts'
@@ -179,7 +179,8 @@ t.test('the PASID is the port\'s: forged bytes change nothing; another process\'
 
 t.test('a doorbell write is copied whole, from any byte offset, into whichever slots are free', async t => {
   // Two engines complete out of order, so later writes get slots in scattered order; the
-  // source sits at every phase of a word (copied in words when aligned, in runs if not).
+  // source sits at every phase of a word (copied in words from where it lies when
+  // aligned, from a staging copy when not).
   const rig = new Rig(deviceConfig({ engines: 2, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }] }))
   t.teardown(() => rig.close())
   const q = rig.dev.allocQueue('dedicated')
@@ -199,7 +200,15 @@ t.test('a doorbell write is copied whole, from any byte offset, into whichever s
       opArgs: opArgs(u64(round * 256 + i + 1))
     }))
     const body = encode(descs)
-    const buf = new Uint8Array(body.length + 16)
+    const buf = new Uint8Array(body.length + DESC_SIZE + 16)
+    // first a longer write of all-ones bytes from the same phase (each answered
+    // INVALID_OPCODE, tag all ones): any byte the next copy missed would be left set
+    buf.fill(0xFF)
+    const junk = c.count
+    t.equal(c.port.submit(buf, phase, PER + 1), PER + 1)
+    await c.waitFor(junk + PER + 1)
+    c.completions.delete(2n ** 64n - 1n)
+    buf.fill(0)
     buf.set(body, phase)
     const before = c.count
     t.equal(c.port.submit(buf, phase, PER), PER)

@@ -32,7 +32,7 @@ export function bytes (n: number, seed = 1): Uint8Array {
  */
 export function hold (k: Kernel, tlb: Iotlb, acc: DeviceAccess, va: number, len: number, write: boolean): { done: number, code: number, frames: number[], sg: SgList } {
   const sg: SgList = { addrs: [], lens: [] }
-  const before = acc.frames.length
+  const before = acc.nframes
   const done = k.iommu.holdInto(tlb, acc, va, len, write, sg)
-  return { done, code: k.iommu.holdFault, frames: acc.frames.slice(before), sg }
+  return { done, code: k.iommu.holdFault, frames: acc.frames.slice(before, acc.nframes), sg }
 }

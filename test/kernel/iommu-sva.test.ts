@@ -136,6 +136,38 @@ t.test('no frame is freed or reused while a device access holds it', async t => 
   t.equal(k.mem.refcount(frames[0]), 0)
 })
 
+t.test('a released access handed out again starts empty, under its new context', async t => {
+  const k = newKernel()
+  const p = k.createProcess('t')
+  const q = k.createProcess('u')
+  const pasid = must(k.bindPasid(p))
+  const other = must(k.bindPasid(q))
+  const tlb = k.iommu.createIotlb('dev0')
+  const a = must(p.mm.mmap({ length: 2 * P, prot: RW, shared: false }))
+  must(p.mm.store(a, bytes(2 * P)))
+  const first = k.iommu.beginAccess(pasid)
+  const { frames } = hold(k, tlb, first, a, 2 * P, false)
+  first.release()
+  t.same(frames.map(f => k.mem.refcount(f)), [1, 1], 'the release dropped its references (the mapping keeps one)')
+  const again = k.iommu.beginAccess(other)
+  t.equal(again, first, 'the same object, reused')
+  t.equal(again.ctx, other)
+  t.equal(again.state, 'translating')
+  t.equal(again.nframes, 0)
+  t.notOk(again.overlaps(a, a + 2 * P), 'the old ranges are gone')
+  t.equal(k.iommu.accessesInFlight(pasid), 0)
+  t.equal(k.iommu.accessesInFlight(other), 1)
+  // a notifier on the old context finds nothing to wait for
+  let waited = false
+  again.state = 'running'
+  again.wait = () => { waited = true }
+  must(p.mm.munmap(a, 2 * P))
+  t.notOk(waited)
+  again.release()
+  again.release()
+  t.equal(k.iommu.accessesInFlight(), 0, 'a second release changes nothing')
+})
+
 t.test('IOVA domains attached to the IOMMU: translate and invalidate on unmap', async t => {
   const k = newKernel()
   const tlb = k.iommu.createIotlb('dev1')
