@@ -262,8 +262,9 @@ export class AccelDevice implements QueueHost {
       if (this.#rr >= busy.length) this.#rr = 0
       const q = busy[this.#rr]
       if (q.pending === 0) {
+        // back with full credit, as a queue passed while empty always was
         q.busy = false
-        q.credit = 0
+        q.credit = q.priority
         busy.splice(this.#rr, 1)
         continue
       }

@@ -35,8 +35,12 @@ const DOMAIN_CTX_BASE = 0x10000
  * rather than deleting and re-adding it every round trip (as the device's context lists).
  */
 const KEEP_EMPTY_ACCESS_LISTS = 64
-/** released accesses kept for reuse, at most (a burst's worth) */
-const MAX_SPARE_ACCESSES = 4096
+/**
+ * Released accesses kept for reuse, at most: more than a device keeps in flight (256 jobs
+ * per engine). A spare keeps its frame and range arrays at their longest (a 1 MiB job's
+ * run to a few hundred entries), so the bound also bounds what spares hold on to.
+ */
+const MAX_SPARE_ACCESSES = 1024
 /** IOTLB associativity: entries per set */
 const IOTLB_WAYS = 4
 

@@ -264,6 +264,34 @@ t.test('an address of 2**53 or more faults with the exact value the tenant wrote
   t.equal(after.status, Status.SUCCESS, 'and the device goes on')
 })
 
+t.test('the arbiter serves queues with work by priority, and skips the idle ones', async t => {
+  // One engine runs jobs in the order the arbiter started them, so the completion order
+  // is the arbiter's. Queues 0 and 2 have work (priorities 3 and 1), queue 1 none.
+  const rig = new Rig(deviceConfig({
+    engines: 1,
+    queues: [{ mode: 'dedicated', depth: 64, priority: 3 }, { mode: 'dedicated', depth: 64, priority: 5 }, { mode: 'dedicated', depth: 64, priority: 1 }]
+  }))
+  t.teardown(() => rig.close())
+  const order: number[] = []
+  const ports = rig.dev.queues.map((q, i) => q.attach(rig.pasid, rig.pasid, { completion: () => { order.push(i) } }))
+  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
+  t.equal(ports[0].submit(noops(30), 0, 30), 30)
+  t.equal(ports[2].submit(noops(12), 0, 12), 12)
+  const deadline = Date.now() + 10000
+  while (order.length < 42 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.equal(order.length, 42)
+  t.same(order.slice(0, 16), [0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2], 'three of queue 0 for each of queue 2')
+  t.same(order.slice(36), [0, 0, 0, 2, 2, 2], 'queue 0 done after 40, queue 2 has the engine alone')
+  // both drained: a queue with new work is served at once, at its priority
+  order.length = 0
+  t.equal(ports[1].submit(noops(6), 0, 6), 6)
+  t.equal(ports[2].submit(noops(3), 0, 3), 3)
+  while (order.length < 9 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.equal(order.length, 9)
+  t.equal(order.slice(0, 7).filter(q => q === 1).length, 5, 'five of queue 1 for each of queue 2, from wherever the round was')
+  t.ok(order.slice(0, 7).join('').includes('11111'), 'the five in a row')
+})
+
 t.test('RETRY beyond the ring, QUEUE_DISABLED when isolated, cleared by the admin', async t => {
   const rig = new Rig(deviceConfig({
     queues: [{ mode: 'dedicated', depth: 8, priority: 1 }],
