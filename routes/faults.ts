@@ -24,7 +24,7 @@ const faultRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
       total: p.mm.faultsTotal,
       faults: p.mm.faultQueue.map(f => ({
         pasid: f.pasid,
-        addr: hex(f.addr),
+        addr: typeof f.addr === 'bigint' ? `0x${f.addr.toString(16)}` : hex(f.addr),
         write: f.write,
         reason: f.reason,
         ...(f.served === undefined ? {} : { served: f.served }),

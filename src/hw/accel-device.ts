@@ -448,7 +448,7 @@ export class AccelDevice implements QueueHost {
       this.#releaseAccess(e)
       if (fault === undefined) break
       const served = await this.iommu.pageRequest(e.ctx, fault.va, fault.write)
-      this.iommu.reportFault(e.ctx, fault.va, fault.write, fault.code, this.id, served)
+      this.iommu.reportFault(e.ctx, exactFaultAddr(e.desc, fault.field, fault.va), fault.write, fault.code, this.id, served)
       if (e.aborted || this.#closed) return this.#complete(e, Status.ABORTED)
       if (!served) {
         this.#fault(e, fault.va, fault.field, fault.write, fault.code, 0, false)
@@ -488,9 +488,10 @@ export class AccelDevice implements QueueHost {
    * fault_addr when it is 2**53 or more (no number holds it).
    */
   #fault (e: Entry, va: number, field: number, write: boolean, code: number, done: number, report = true): void {
-    if (report) this.iommu.reportFault(e.ctx, va, write, code, this.id, false)
+    const addr = exactFaultAddr(e.desc, field, va)
+    if (report) this.iommu.reportFault(e.ctx, addr, write, code, this.id, false)
     const info = (write ? FaultInfo.WRITE : 0) | (code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
-    this.#complete(e, Status.PAGE_FAULT, 0, info, done, exactFaultAddr(e.desc, field, va), 0)
+    this.#complete(e, Status.PAGE_FAULT, 0, info, done, addr, 0)
   }
 
   #startBatch (e: Entry, jobs: DeviceJob[]): void {
@@ -562,10 +563,10 @@ export class AccelDevice implements QueueHost {
         e.engine = undefined
         const d = e.desc
         if (r.status === Status.PAGE_FAULT && e.dstFaultCode < 0) {
-          const va = readAddr(d, DESC.DST) + r.value
+          const va = exactFaultAddr(d, DESC.DST, readAddr(d, DESC.DST) + r.value)
           this.iommu.reportFault(e.ctx, va, true, e.dstFaultCode, this.id, false)
           const info = FaultInfo.WRITE | (e.dstFaultCode === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0)
-          this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, exactFaultAddr(d, DESC.DST, va), 0)
+          this.#complete(e, Status.PAGE_FAULT, r.result, info, r.bytesCompleted, va, 0)
         } else if (e.srcFault !== undefined && r.status === Status.SUCCESS && !(d[DESC.OPCODE] === Opcode.COMPARE && r.result === 1)) {
           const f = e.srcFault
           this.iommu.reportFault(e.ctx, f.addr, false, f.info !== 0 ? Xlate.NO_MAPPING : Xlate.NOT_PRESENT, this.id, false)
@@ -600,6 +601,7 @@ export class AccelDevice implements QueueHost {
     const token = e.token
     const port = e.port
     const write = (flags & Flag.COMPLETION_RECORD) !== 0 ? readAddr(d, DESC.COMPLETION_ADDR) : 0
+    const writeExact = write !== 0 ? exactFaultAddr(d, DESC.COMPLETION_ADDR, write) : 0
     // The ring slot (and so `d`) is free once the entry is retired; retiring may also
     // complete a DRAIN, so the shared record is filled only after it.
     this.#retire(e)
@@ -631,7 +633,7 @@ export class AccelDevice implements QueueHost {
     rv.setUint32(CR.VALUE, value % TWO_32, true)
     rv.setUint32(CR.VALUE + 4, Math.floor(value / TWO_32), true)
     record[CR.STATUS] = status
-    if (write !== 0 && this.#writeRecord(e.ctx, write, record, token, port, flags, parent, status)) return
+    if (write !== 0 && this.#writeRecord(e.ctx, write, writeExact, record, token, port, flags, parent, status)) return
     this.#deliver(record, token, port, flags, parent, status)
   }
 
@@ -693,11 +695,11 @@ export class AccelDevice implements QueueHost {
    * Body first, status byte last (PROTOCOL.md section 2). Answers true when the record
    * waits for a page request: the port hears of it after that, not from the caller.
    */
-  #writeRecord (ctx: number, va: number, record: Uint8Array, token: unknown, port: QueuePort, flags: number, parent: Entry | undefined, status: number): boolean {
+  #writeRecord (ctx: number, va: number, vaExact: number | bigint, record: Uint8Array, token: unknown, port: QueuePort, flags: number, parent: Entry | undefined, status: number): boolean {
     if (this.#putRecord(ctx, va, record)) return false
     const code = this.iotlb.translate(ctx, va, true)
     if (code === Xlate.NO_MAPPING) {
-      this.iommu.reportFault(ctx, va, true, code, this.id, false)
+      this.iommu.reportFault(ctx, vaExact, true, code, this.id, false)
       return false
     }
     const served = this.iommu.pageRequest(ctx, va, true)

@@ -46,7 +46,8 @@ const IOTLB_WAYS = 4
 
 export interface IommuFault {
   pasid: number
-  addr: number
+  /** a bigint only for an address of 2**53 or more: the exact 64 bits a descriptor named */
+  addr: number | bigint
   write: boolean
   reason: 'not_present' | 'permission' | 'no_mapping'
   /** what the page request answered, when one was made */
@@ -345,7 +346,7 @@ export class Iommu {
   }
 
   /** Records a fault against the owner of the context (a process's fault queue for PASIDs). */
-  reportFault (ctx: number, va: number, write: boolean, code: number, device: string, served?: boolean): void {
+  reportFault (ctx: number, va: number | bigint, write: boolean, code: number, device: string, served?: boolean): void {
     this.faultsRecorded++
     const space = this.#pasids.get(ctx)
     if (space === undefined) return

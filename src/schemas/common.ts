@@ -13,6 +13,9 @@ export const HexAddress = Type.String({
   examples: ['0x7f0000001000']
 })
 
+/** Any 64-bit value: a tag, or an address as a descriptor named it (up to 2^64 - 1). */
+export const Hex64 = Type.String({ pattern: '^0x[0-9a-fA-F]{1,16}$', description: 'a 64-bit value, hexadecimal with a 0x prefix' })
+
 export const Pid = Type.Integer({ minimum: 1, description: 'process id' })
 
 export const PidParams = Type.Object({ pid: Pid })

@@ -1,9 +1,9 @@
 import { Type } from '@sinclair/typebox'
-import { HexAddress } from './common.ts'
+import { Hex64 } from './common.ts'
 
 export const Fault = Type.Object({
   pasid: Type.Integer({ minimum: 0 }),
-  addr: HexAddress,
+  addr: { ...Hex64, description: 'the faulting address as the descriptor named it: any 64-bit value, not only a user address' },
   write: Type.Boolean(),
   reason: Type.Unsafe<'not_present' | 'permission' | 'no_mapping'>({ type: 'string', enum: ['not_present', 'permission', 'no_mapping'] }),
   served: Type.Optional(Type.Boolean({ description: 'what the page request answered, when one was made' })),

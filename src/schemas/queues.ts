@@ -7,7 +7,7 @@
  */
 import { Type, type Static } from '@sinclair/typebox'
 import { Flag, Opcode, Status } from '../hw/descriptor.ts'
-import { Pid } from './common.ts'
+import { Hex64, Pid } from './common.ts'
 import { DeviceId, QueueStateName } from './devices.ts'
 
 export const QueueId = Type.String({ pattern: '^q-[0-9]{1,15}$', description: 'queue id', examples: ['q-1'] })
@@ -65,7 +65,6 @@ export const BindingList = Type.Object({ bindings: Type.Array(Binding) }, { desc
 export const BindingParams = Type.Object({ pid: Pid, dev: DeviceId })
 export type BindingParams = Static<typeof BindingParams>
 
-const Hex64 = Type.String({ pattern: '^0x[0-9a-fA-F]{1,16}$', description: 'a 64-bit value, hexadecimal with a 0x prefix' })
 const U64 = Type.Union([Hex64, Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })])
 const U32 = Type.Integer({ minimum: 0, maximum: 0xFFFFFFFF })
 

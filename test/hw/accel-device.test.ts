@@ -259,6 +259,7 @@ t.test('an address of 2**53 or more faults with the exact value the tenant wrote
     t.equal(cr?.status, Status.PAGE_FAULT, `${name}: PAGE_FAULT`)
     t.equal(cr?.faultAddr, wide + tag, `${name}: fault_addr is exactly what was written`)
     t.equal(cr?.faultInfo, info | FaultInfo.NO_MAPPING, `${name}: fault_info`)
+    t.equal(rig.p.mm.faultQueue.at(-1)?.addr, wide + tag, `${name}: and in the process's fault log`)
   }
   const [after] = await run(c, [{ opcode: Opcode.NOOP, tag: 1n }])
   t.equal(after.status, Status.SUCCESS, 'and the device goes on')
