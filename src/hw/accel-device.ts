@@ -301,13 +301,15 @@ export class AccelDevice implements QueueHost {
 
   #submitJobs (jobs: DeviceJob[]): void {
     const n = this.pool.submit(jobs)
-    for (let i = 0; i < n; i++) {
-      const job = jobs[i]
-      // the ring has its copy; let go of the descriptor (a batch's member array)
-      job.args = NO_ARGS
-      this.#spareJobs.push(job)
-    }
+    // the rings have their copies
+    for (let i = 0; i < n; i++) this.#putJob(jobs[i])
     for (let i = n; i < jobs.length; i++) this.#stalled.push(jobs[i])
+  }
+
+  /** A job nothing refers to any more goes back for reuse, letting go of its descriptor. */
+  #putJob (job: DeviceJob): void {
+    job.args = NO_ARGS
+    this.#spareJobs.push(job)
   }
 
   /** A job for the descriptor `d`, its buffers still to fill in. */
@@ -417,7 +419,10 @@ export class AccelDevice implements QueueHost {
       else if (role === Role.SRC) job.src = sg
       else job.dst = sg
       if (code >= 0) continue
-      if (blocking && code !== Xlate.NO_MAPPING) return 'async'
+      if (blocking && code !== Xlate.NO_MAPPING) {
+        this.#putJob(job)
+        return 'async'
+      }
       if (write) {
         // The engine finds whether the output reaches the fault; remember what it was.
         e.dstFaultCode = code
@@ -426,6 +431,7 @@ export class AccelDevice implements QueueHost {
         e.srcFault = { addr: va + done, info: code === Xlate.NO_MAPPING ? FaultInfo.NO_MAPPING : 0, done }
         job.size = done
       } else {
+        this.#putJob(job)
         this.#fault(e, va + done, regions.field[i], false, code, 0)
         return undefined
       }

@@ -219,7 +219,7 @@ export class HwQueue {
     const n = Math.min(count, this.#freeTop)
     const free = this.#freeSlots
     const base = this.#freeTop - n
-    if (n > 0) this.#copyIn(buf, off, free, base, n)
+    if (n > 0) this.#copyDescriptors(buf, off, free, base, n)
     this.#freeTop = base
     const now = n > 0 ? performance.now() : 0
     const pasid = port.pasid
@@ -247,7 +247,7 @@ export class HwQueue {
    * (64 byte stores each were a tenth of the device's main-thread time). A source off a
    * 4-byte boundary is first copied whole, natively, to an aligned staging buffer.
    */
-  #copyIn (buf: Uint8Array, off: number, free: Int32Array, base: number, n: number): void {
+  #copyDescriptors (buf: Uint8Array, off: number, free: Int32Array, base: number, n: number): void {
     const at = buf.byteOffset + off
     let words: Int32Array
     if ((at & 3) === 0) {
