@@ -12,7 +12,7 @@
  */
 import {
   CR, CR_SIZE, DESC, DESC_SIZE, algorithmTable, FaultInfo, Flag, Opcode, RegionList, Role, Status, descriptorRegions,
-  readAddr, readU32, readU64, regionsInto, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
+  exactFaultAddr, readAddr, readU32, recordAddr, regionsInto, validateInPlace, writeU32, writeU64, type Limits, type OpcodeName
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type PoolJob } from './engine-pool.ts'
@@ -57,15 +57,6 @@ export interface DeviceAttributes {
   maxTransferSize: number
   maxBatchSize: number
   engines: number
-}
-
-/**
- * A fault address for the completion record: `va` itself, or, when it is 2**53 or more
- * (an address field no number holds, read as ADDR_UNREPRESENTABLE: no process maps it, so
- * it faults at its first byte), the exact 64 bits the tenant wrote at `field`.
- */
-function exactFaultAddr (d: Uint8Array, field: number, va: number): number | bigint {
-  return Number.isSafeInteger(va) ? va : readU64(d, field)
 }
 
 const EMPTY: Sg = { addrs: [], lens: [] }
@@ -606,7 +597,7 @@ export class AccelDevice implements QueueHost {
     const parent = e.parent
     const token = e.token
     const port = e.port
-    const write = (flags & Flag.COMPLETION_RECORD) !== 0 ? readAddr(d, DESC.COMPLETION_ADDR) : 0
+    const write = recordAddr(d)
     const writeExact = write !== 0 ? exactFaultAddr(d, DESC.COMPLETION_ADDR, write) : 0
     // The ring slot (and so `d`) is free once the entry is retired; retiring may also
     // complete a DRAIN, so the shared record is filled only after it.
@@ -681,6 +672,10 @@ export class AccelDevice implements QueueHost {
     this.#outstanding--
     if (this.#drains.length > 0) this.#checkDrains(e.ctx)
     if (this.#outstanding === 0) for (const w of this.#idleWaiters.splice(0)) w()
+    // A completion off the engines' path (after a page request, a record that waited for
+    // one, a reset) may be what a FENCE behind it waits for: the arbiter must look again.
+    // Inside the arbiter, or a batch of engine completions that ends in it, it will.
+    if (!this.#pumping && this.#finishNow < 0) this.kick()
   }
 
   /** A DRAIN completes once nothing accepted before it under its PASID is outstanding. */
@@ -688,13 +683,32 @@ export class AccelDevice implements QueueHost {
     for (let i = 0; i < this.#drains.length; i++) {
       const dr = this.#drains[i]
       if (dr.ctx !== ctx) continue
-      const oldest = this.#byCtx.get(ctx)?.oldest
-      if (oldest === dr || dr.aborted) {
+      if (dr.aborted || !this.#anyEarlier(dr)) {
         this.#drains.splice(i, 1)
         this.#complete(dr, dr.aborted ? Status.ABORTED : Status.SUCCESS)
         return
       }
     }
+  }
+
+  /**
+   * Whether anything accepted before the DRAIN `dr` under its PASID is outstanding. A
+   * member of a BATCH was accepted with its batch: what came before the batch, and the
+   * members before it, are earlier; the batch itself is not, for it waits on the DRAIN.
+   * The context list is in creation order, and members are created when their batch
+   * starts, after later descriptors may have been accepted, so the order is decided by
+   * sequence numbers, not by place in the list. The walk stops at the first earlier
+   * entry, which is usually the oldest.
+   */
+  #anyEarlier (dr: Entry): boolean {
+    const parent = dr.parent
+    const at = parent !== undefined ? parent.seq : dr.seq
+    for (let x = dr.cList?.oldest; x !== undefined; x = x.cNext) {
+      if (x === dr || x === parent) continue
+      const xAt = x.parent !== undefined ? x.parent.seq : x.seq
+      if (xAt < at || (parent !== undefined && x.parent === parent && x.seq < dr.seq)) return true
+    }
+    return false
   }
 
   /**
@@ -719,6 +733,7 @@ export class AccelDevice implements QueueHost {
     return true
   }
 
+  /** `va` is CR_ALIGN-aligned (recordAddr), so the record lies within one page. */
   #putRecord (ctx: number, va: number, record: Uint8Array): boolean {
     const frame = this.iotlb.translate(ctx, va, true)
     if (frame < 0) return false

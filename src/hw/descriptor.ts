@@ -206,6 +206,25 @@ export function readAddr (b: Uint8Array, o: number): number {
 }
 
 /**
+ * A fault address for the completion record: `va` itself, or, when it is 2**53 or more
+ * (an address field no number holds, read as ADDR_UNREPRESENTABLE: no process maps it, so
+ * it faults at its first byte), the exact 64 bits the tenant wrote at `field`.
+ */
+export function exactFaultAddr (d: Uint8Array, field: number, va: number): number | bigint {
+  return Number.isSafeInteger(va) ? va : readU64(d, field)
+}
+
+/**
+ * Where the descriptor's completion record goes, 0 for nowhere: when it asks for none,
+ * and when its completion_addr is misaligned. That descriptor completes INVALID_FIELD,
+ * and a record written there anyway could run past its page into the next frame.
+ */
+export function recordAddr (d: Uint8Array): number {
+  if ((d[DESC.FLAGS] & Flag.COMPLETION_RECORD) === 0 || d[DESC.COMPLETION_ADDR] % CR_ALIGN !== 0) return 0
+  return readAddr(d, DESC.COMPLETION_ADDR)
+}
+
+/**
  * Writes a 64-bit value. A number must be a non-negative safe integer; anything else
  * (ADDR_UNREPRESENTABLE without its exact value, a negative, a fraction) is a bug in the
  * caller and throws rather than writing a wrong address.
