@@ -12,8 +12,8 @@
  */
 import { AccelDevice } from '../hw/accel-device.ts'
 import {
-  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, readAddr, readU32, readU64,
-  validateInPlace, writeU32, writeU64
+  CR, CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, descriptorRegions, exactFaultAddr, readAddr, readU32,
+  recordAddr, validateInPlace, writeU32, writeU64
 } from '../hw/descriptor.ts'
 import type { DeviceConfig } from '../hw/device-config.ts'
 import { Errno, err, ok, type Result } from '../hw/errno.ts'
@@ -289,10 +289,8 @@ export class Uacce {
       const rec = m.record as Uint8Array
       out.set(rec, m.index * CR_SIZE)
       for (const [ca, r] of m.late) put(ca, r)
-      if ((m.orig[DESC.FLAGS] & Flag.COMPLETION_RECORD) !== 0) {
-        const ca = readAddr(m.orig, DESC.COMPLETION_ADDR)
-        if (ca !== 0) put(ca, rec)
-      }
+      const ca = recordAddr(m.orig)
+      if (ca !== 0) put(ca, rec)
     }
   }
 
@@ -373,7 +371,7 @@ export class Uacce {
     if (inBatch && (desc[DESC.FLAGS] & Flag.COMPLETION_RECORD) !== 0 && ca !== 0) {
       const s = this.#mapRegion(q, m, ca, CR_SIZE, true)
       if (typeof s !== 'number') {
-        m.record = this.#record(m, Status.PAGE_FAULT, s.addr, FaultInfo.WRITE | (s.noMapping ? FaultInfo.NO_MAPPING : 0))
+        m.record = this.#record(m, Status.PAGE_FAULT, exactFaultAddr(m.orig, DESC.COMPLETION_ADDR, s.addr), FaultInfo.WRITE | (s.noMapping ? FaultInfo.NO_MAPPING : 0))
         return Status.PAGE_FAULT
       }
       writeU64(desc, DESC.COMPLETION_ADDR, s)
@@ -390,7 +388,7 @@ export class Uacce {
       const s = this.#mapRegion(q, m, va, len, write)
       if (typeof s !== 'number') {
         // An address no process can map (2**53 and up) is reported exactly as the tenant wrote it.
-        const addr = Number.isSafeInteger(s.addr) ? s.addr : readU64(m.orig, field)
+        const addr = exactFaultAddr(m.orig, field, s.addr)
         m.record = this.#record(m, Status.PAGE_FAULT, addr, (write ? FaultInfo.WRITE : 0) | (s.noMapping ? FaultInfo.NO_MAPPING : 0))
         return Status.PAGE_FAULT
       }
@@ -425,7 +423,7 @@ export class Uacce {
     const arr = q.process.mm.load(src, count * DESC_SIZE)
     if (!arr.ok) {
       const addr = arr.addr ?? src
-      m.record = this.#record(m, Status.PAGE_FAULT, addr, q.process.mm.findVma(addr) === undefined ? FaultInfo.NO_MAPPING : 0)
+      m.record = this.#record(m, Status.PAGE_FAULT, exactFaultAddr(m.orig, DESC.SRC, addr), q.process.mm.findVma(addr) === undefined ? FaultInfo.NO_MAPPING : 0)
       return Status.PAGE_FAULT
     }
     const mem = this.kernel.mem
@@ -449,10 +447,8 @@ export class Uacce {
       }
       const st = this.#prepare(q, member, true)
       if (st !== 0) {
-        const ca = readAddr(member.orig, DESC.COMPLETION_ADDR)
-        if ((member.orig[DESC.FLAGS] & Flag.COMPLETION_RECORD) !== 0 && ca !== 0) {
-          m.late.push([ca, member.record ?? this.#record(member, st)])
-        }
+        const ca = recordAddr(member.orig)
+        if (ca !== 0) m.late.push([ca, member.record ?? this.#record(member, st)])
         // A member that cannot run becomes a NOOP the device completes: the batch must
         // still count it failed, so it is made invalid on purpose (reserved flag bit).
         member.desc.fill(0)
