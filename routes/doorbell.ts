@@ -11,8 +11,8 @@
  * longer read from until it catches up, so the server's memory stays bounded.
  */
 import type { FastifyInstance } from 'fastify'
-import websocket from '@fastify/websocket'
-import type { WebSocket, RawData } from 'ws'
+import websocket, { type WebsocketPluginOptions } from '@fastify/websocket'
+import { WebSocket, type RawData } from 'ws'
 import { CR, CR_SIZE, DESC, DESC_SIZE, Flag, Status } from '../src/hw/descriptor.ts'
 import { QueueState, type PortListener } from '../src/hw/hw-queue.ts'
 import { Errors, fromErrno } from '../src/errors.ts'
@@ -37,6 +37,30 @@ export const CloseCode = {
   POLICY: 1008,
   TOO_BIG: 1009
 } as const
+
+function protocolErrorFrame (reason: string): Buffer {
+  const text = Buffer.from(reason)
+  const f = frame(Frame.PROTOCOL_ERROR, 0, text.length)
+  text.copy(f, FRAME_HEADER)
+  return f
+}
+
+/**
+ * ws refuses a frame over its maxPayload at the frame's header, before reading its body,
+ * and closes with 1009 itself: close(1009) with no reason, then 'error'. PROTOCOL.md
+ * still owes the client a PROTOCOL_ERROR before that close, and only here can it go out
+ * ahead of the close frame. Our own closes always give a reason.
+ */
+class DoorbellSocket extends WebSocket {
+  close (code?: number, data?: string | Buffer): void {
+    if (code === CloseCode.TOO_BIG && data === undefined && this.readyState === WebSocket.OPEN) {
+      const reason = `frame over maxFrameBytes ${MAX_FRAME_BYTES}`
+      this.send(protocolErrorFrame(reason))
+      data = reason
+    }
+    super.close(code, data)
+  }
+}
 
 /** One open doorbell: the mapping of a queue's doorbell page into a client. */
 class Channel {
@@ -144,10 +168,7 @@ class Channel {
 
   protocolError (reason: string, code: number = CloseCode.PROTOCOL): void {
     if (this.closed) return
-    const text = Buffer.from(reason)
-    const f = frame(Frame.PROTOCOL_ERROR, 0, text.length)
-    text.copy(f, FRAME_HEADER)
-    this.#send(f)
+    this.#send(protocolErrorFrame(reason))
     this.close(code, reason.slice(0, 120))
   }
 
@@ -198,33 +219,41 @@ class Channel {
   }
 
   #store (data: Buffer, id: number): void {
-    const addr = Number(data.readBigUInt64LE(FRAME_HEADER))
+    const raw = data.readBigUInt64LE(FRAME_HEADER)
+    const addr = Number(raw)
     const bytes = data.subarray(FRAME_HEADER + 8)
-    const r = Number.isSafeInteger(addr)
-      ? this.queue.process.mm.store(addr, bytes)
-      : { ok: false as const, addr }
-    if (r.ok) return
+    // 2**53 and up no process maps; Number() would round it, so it faults as written
+    if (!Number.isSafeInteger(addr)) return this.#storeFault(id, raw)
+    const r = this.queue.process.mm.store(addr, bytes)
+    if (!r.ok) this.#storeFault(id, BigInt(r.addr ?? addr))
+  }
+
+  #storeFault (id: number, at: bigint): void {
     const f = frame(Frame.STORE_FAULT, id, 8)
-    f.writeBigUInt64LE(BigInt(r.addr ?? addr), FRAME_HEADER)
+    f.writeBigUInt64LE(at, FRAME_HEADER)
     this.#send(f)
   }
 
   #load (data: Buffer, id: number): void {
-    const addr = Number(data.readBigUInt64LE(FRAME_HEADER))
+    const raw = data.readBigUInt64LE(FRAME_HEADER)
+    const addr = Number(raw)
     const length = data.readUInt32LE(FRAME_HEADER + 8)
     if (length > MAX_LOAD) return this.protocolError(`LOAD of ${length} bytes is over ${MAX_LOAD}`)
-    const r = Number.isSafeInteger(addr) ? this.queue.process.mm.load(addr, length) : undefined
-    if (r !== undefined && r.ok) {
-      const f = frame(Frame.LOAD_DATA, id, 8 + length)
-      f.fill(0, FRAME_HEADER, FRAME_HEADER + 8)
-      f[FRAME_HEADER] = Status.SUCCESS
-      f.set(r.value, FRAME_HEADER + 8)
-      return this.#send(f)
-    }
+    if (!Number.isSafeInteger(addr)) return this.#loadFault(id, raw)
+    const r = this.queue.process.mm.load(addr, length)
+    if (!r.ok) return this.#loadFault(id, BigInt(r.addr ?? addr))
+    const f = frame(Frame.LOAD_DATA, id, 8 + length)
+    f.fill(0, FRAME_HEADER, FRAME_HEADER + 8)
+    f[FRAME_HEADER] = Status.SUCCESS
+    f.set(r.value, FRAME_HEADER + 8)
+    this.#send(f)
+  }
+
+  #loadFault (id: number, at: bigint): void {
     const f = frame(Frame.LOAD_DATA, id, 16)
     f.fill(0, FRAME_HEADER, FRAME_HEADER + 8)
     f[FRAME_HEADER] = Status.PAGE_FAULT
-    f.writeBigUInt64LE(BigInt(r?.addr ?? addr), FRAME_HEADER + 8)
+    f.writeBigUInt64LE(at, FRAME_HEADER + 8)
     this.#send(f)
   }
 
@@ -254,6 +283,8 @@ export default async function doorbellRoutes (fastify: FastifyInstance): Promise
   await fastify.register(websocket, {
     // ws's own cap sits above ours so an oversized frame still gets its PROTOCOL_ERROR
     options: {
+      // ws's typings want the module's namespace object; a subclass is what ws documents
+      WebSocket: DoorbellSocket as unknown as NonNullable<WebsocketPluginOptions['options']>['WebSocket'],
       maxPayload: MAX_FRAME_BYTES + 64 * 1024,
       // Only our protocol name is ever selected: ws's default would echo the first
       // offered, which for a browser sending only `bearer.<token>` is the token.
