@@ -491,7 +491,7 @@ export class AccelDevice implements QueueHost {
     this.#complete(e, Status.PAGE_FAULT, 0, info, done, addr, 0)
   }
 
-  #startBatch (e: Entry, jobs: DeviceJob[]): void {
+  #startBatch (e: Entry, jobs: DeviceJob[], pageRequests = 0): void {
     const count = readU32(e.desc, DESC.SIZE)
     const src = readAddr(e.desc, DESC.SRC)
     e.access = this.iommu.beginAccess(e.ctx)
@@ -500,6 +500,11 @@ export class AccelDevice implements QueueHost {
     const code = this.iommu.holdFault
     if (code < 0) {
       this.#releaseAccess(e)
+      // The array is read like any source: BLOCK_ON_FAULT asks for its pages first.
+      if ((e.desc[DESC.FLAGS] & Flag.BLOCK_ON_FAULT) !== 0 && code !== Xlate.NO_MAPPING && pageRequests < MAX_PAGE_REQUESTS) {
+        this.#batchPageRequest(e, src + done, code, pageRequests + 1).catch(() => this.#complete(e, Status.ABORTED))
+        return
+      }
       return this.#fault(e, src + done, DESC.SRC, false, code, 0)
     }
     // The device reads the whole array once, into its own memory.
@@ -519,6 +524,16 @@ export class AccelDevice implements QueueHost {
       const child = this.#newEntry(e.queue, port, desc, -1, undefined, e, e.t0)
       this.#start(child, jobs)
     }
+  }
+
+  async #batchPageRequest (e: Entry, va: number, code: number, pageRequests: number): Promise<void> {
+    const served = await this.iommu.pageRequest(e.ctx, va, false)
+    this.iommu.reportFault(e.ctx, va, false, code, this.id, served)
+    if (e.aborted || this.#closed) return this.#complete(e, Status.ABORTED)
+    if (!served) return this.#fault(e, va, DESC.SRC, false, code, 0, false)
+    const jobs: DeviceJob[] = []
+    this.#startBatch(e, jobs, pageRequests)
+    if (jobs.length > 0) this.#submitJobs(jobs)
   }
 
   // --- completion ---

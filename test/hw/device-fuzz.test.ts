@@ -959,3 +959,25 @@ t.test('regression: a FENCE behind a descriptor answered after a page request ru
   t.equal(c.completions.get(10n)?.[0].status, Status.SUCCESS, 'the BATCH completes')
   t.equal(c.completions.get(12n)?.[0].status, Status.SUCCESS, 'and the FENCE behind it runs')
 })
+
+t.test('regression: a BLOCK_ON_FAULT BATCH whose array is not yet present asks for its pages', async t => {
+  const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
+  t.teardown(async () => {
+    if (rig.dev.outstanding > 0) rig.dev.reset('teardown')
+    await rig.close()
+  })
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  // Mapped, never touched: two all-zero members, which are NOOPs tagged 0.
+  const arr = rig.map(P)
+  t.ok(rig.p.mm.walk(arr, false) < 0, 'the array\'s page is not present')
+  c.port.submit(encode([{ opcode: Opcode.BATCH, flags: Flag.BLOCK_ON_FAULT, src: arr, size: 2, tag: 1n }]), 0, 1)
+  await c.waitFor(3, RUN_TIMEOUT_MS)
+  t.equal(c.completions.get(1n)?.[0].status, Status.SUCCESS, 'the batch ran after a page request')
+  t.same(c.completions.get(0n)?.map(r => r.status), [Status.SUCCESS, Status.SUCCESS], 'both members ran')
+  const plain = rig.map(P)
+  c.port.submit(encode([{ opcode: Opcode.BATCH, src: plain, size: 2, tag: 2n }]), 0, 1)
+  await c.waitFor(4, RUN_TIMEOUT_MS)
+  t.equal(c.completions.get(2n)?.[0].status, Status.PAGE_FAULT, 'without BLOCK_ON_FAULT it faults')
+})
