@@ -3,14 +3,13 @@
  * a sync_only queue of wd1, octet-stream in and out), with 1 NOOP and with 32 NOOPs per
  * request, against a bare fastify POST route that takes the same octet-stream body and
  * answers as many bytes (N x 32) without doing anything. Both listen on 127.0.0.1; the
- * load comes from a worker thread over keep-alive sockets at the same concurrency, so the
- * server's event loop is what is measured, and the two run in alternating rounds.
+ * load comes from a worker thread (`http-load.ts`) at the same concurrency, and the two
+ * run in alternating rounds.
  *
  * The ratio is what the mediated path costs on top of an HTTP request: auth, the route,
  * the kernel (validate, queue on a kernel hardware queue, wait), the device and an engine
  * round trip through the shared-memory rings, and the answer.
  */
-import { Worker } from 'node:worker_threads'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -19,50 +18,15 @@ import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { DESC_SIZE, Opcode, makeDescriptor, writeDescriptor } from '../src/hw/descriptor.ts'
 import { fmt, paired } from './harness.ts'
+import { httpLoad } from './http-load.ts'
 
 const CONCURRENCY = 16
 const SECONDS = 1
 const ROUNDS = 7
 const ADMIN = 'bench-admin-token-0123456789abcdef'
 
-/** The load generator: plain JS in a worker, `concurrency` requests always in flight. */
-const CLIENT = `
-const http = require('node:http')
-const { parentPort, workerData } = require('node:worker_threads')
-const { port, path, headers, body, seconds, concurrency } = workerData
-const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency })
-const payload = Buffer.from(body)
-let done = 0
-let bad = 0
-const end = Date.now() + seconds * 1000
-function one () {
-  return new Promise(resolve => {
-    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent, headers: { ...headers, 'content-length': payload.length } }, res => {
-      let n = 0
-      res.on('data', c => { n += c.length })
-      res.on('end', () => { if (res.statusCode === 200 && n === payload.length / 2) done++; else bad++; resolve() })
-    })
-    req.on('error', () => { bad++; resolve() })
-    req.end(payload)
-  })
-}
-async function loop () { while (Date.now() < end) await one() }
-const t0 = performance.now()
-Promise.all(Array.from({ length: concurrency }, loop)).then(() => {
-  agent.destroy()
-  parentPort.postMessage({ done, bad, seconds: (performance.now() - t0) / 1000 })
-})
-`
-
 async function load (port: number, path: string, headers: Record<string, string>, body: Buffer): Promise<number> {
-  const w = new Worker(CLIENT, { eval: true, workerData: { port, path, headers, body, seconds: SECONDS, concurrency: CONCURRENCY } })
-  const r = await new Promise<{ done: number, bad: number, seconds: number }>((resolve, reject) => {
-    w.once('message', resolve)
-    w.once('error', reject)
-  })
-  await w.terminate()
-  if (r.bad > 0) throw new Error(`${r.bad} requests to ${path} failed`)
-  return r.done / r.seconds
+  return await httpLoad({ port, path, headers, body, answerBytes: body.length / 2, seconds: SECONDS, concurrency: CONCURRENCY })
 }
 
 function noops (n: number): Buffer {
