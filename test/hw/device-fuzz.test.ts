@@ -28,12 +28,13 @@ import { P, Rig, deviceConfig, encode } from './device-rig.ts'
  *   and physically interleaved with this one) and this process's read-only pages;
  * - the device keeps working: a MEMMOVE and a SHA256 complete SUCCESS with the right bytes.
  *
- * The regression tests at the end are the three device bugs it found, shrunk.
+ * The regression tests at the end are the device bugs it found (and one found by reading
+ * after it), shrunk; each failed before its fix.
  */
 
 const NUM_RUNS = 150
-/** every wait is bounded; lower it (WARPDRIVE_FUZZ_TIMEOUT_MS) to shrink a hang faster */
-const RUN_TIMEOUT_MS = Number(process.env.WARPDRIVE_FUZZ_TIMEOUT_MS ?? 4000)
+/** every wait is bounded; lower it (WARPD_FUZZ_TIMEOUT_MS) to shrink a hang faster */
+const RUN_TIMEOUT_MS = Number(process.env.WARPD_FUZZ_TIMEOUT_MS ?? 4000)
 
 const MAX_TRANSFER = 64 * 1024
 const MAX_BATCH = 8
