@@ -97,7 +97,8 @@ export class WarpClient {
       throw new WarpError(res.status, problem)
     }
     if (res.status === 204) return undefined as T
-    if (type.startsWith('application/octet-stream')) return new Uint8Array(res.body.buffer, res.body.byteOffset, res.body.length) as T
+    // a copy: the body may share Node's buffer pool, and callers may take its .buffer
+    if (type.startsWith('application/octet-stream')) return new Uint8Array(res.body) as T
     return JSON.parse(res.body.toString()) as T
   }
 
