@@ -222,6 +222,7 @@ class Channel {
     const raw = data.readBigUInt64LE(FRAME_HEADER)
     const addr = Number(raw)
     const bytes = data.subarray(FRAME_HEADER + 8)
+    if (bytes.length === 0) return // touches nothing, wherever it points
     // 2**53 and up no process maps; Number() would round it, so it faults as written
     if (!Number.isSafeInteger(addr)) return this.#storeFault(id, raw)
     const r = this.queue.process.mm.store(addr, bytes)
@@ -239,8 +240,8 @@ class Channel {
     const addr = Number(raw)
     const length = data.readUInt32LE(FRAME_HEADER + 8)
     if (length > MAX_LOAD) return this.protocolError(`LOAD of ${length} bytes is over ${MAX_LOAD}`)
-    if (!Number.isSafeInteger(addr)) return this.#loadFault(id, raw)
-    const r = this.queue.process.mm.load(addr, length)
+    if (!Number.isSafeInteger(addr) && length > 0) return this.#loadFault(id, raw)
+    const r = length === 0 ? { ok: true as const, value: new Uint8Array(0) } : this.queue.process.mm.load(addr, length)
     if (!r.ok) return this.#loadFault(id, BigInt(r.addr ?? addr))
     const f = frame(Frame.LOAD_DATA, id, 8 + length)
     f.fill(0, FRAME_HEADER, FRAME_HEADER + 8)
