@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import fc from 'fast-check'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
@@ -8,7 +8,7 @@ import {
 import { QueueState, type HwQueue, type QueuePort } from '../../src/hw/hw-queue.ts'
 import type { Process } from '../../src/kernel/process.ts'
 import { Prot } from '../../src/kernel/vma.ts'
-import { P, Rig, deviceConfig, encode } from './device-rig.ts'
+import { P, Rig, deviceConfig, encode, type Collector } from './device-rig.ts'
 
 /**
  * Hostile descriptors against the device's contract (PROTOCOL.md sections 1-4), as a
@@ -878,12 +878,32 @@ t.test('hostile descriptors: no throw, one completion each, no write outside the
 
 // --- device bugs the property found, shrunk ---
 
+/**
+ * A fresh device with one dedicated queue, and a collector on it; undefined, the test failed,
+ * if the queue cannot be had. The teardown resets the device when work is still outstanding
+ * (a regression that hangs again), or close() would wait for it for ever.
+ */
+function dedicatedRig (t: Test): { rig: Rig, c: Collector } | undefined {
+  const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
+  t.teardown(async () => {
+    if (rig.dev.outstanding > 0) rig.dev.reset('teardown')
+    await rig.close()
+  })
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) {
+    t.fail('no queue')
+    return undefined
+  }
+  return { rig, c: rig.collector(q) }
+}
+
 // The device answered INVALID_FIELD for a misaligned completion_addr and wrote the record
 // there all the same: 32 bytes from the translated address, so one within 32 bytes of a
 // page end ran into the next physical frame, here another process's.
 t.test('regression: a misaligned completion_addr near a page end gets no record', async t => {
-  const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
-  t.teardown(() => rig.close())
+  const set = dedicatedRig(t)
+  if (set === undefined) return
+  const { rig, c } = set
   const other = rig.kernel.createProcess('victim')
   must(rig.kernel.bindPasid(other))
   const mine = rig.map(P)
@@ -891,9 +911,6 @@ t.test('regression: a misaligned completion_addr near a page end gets no record'
   const theirs = rig.map(P, Prot.READ | Prot.WRITE, other)
   rig.store(theirs, new Uint8Array(P).fill(0xAB), other)
   t.equal(other.mm.walk(theirs, false), rig.p.mm.walk(mine, false) + 1, 'the victim\'s frame follows mine physically')
-  const q = rig.dev.allocQueue('dedicated')
-  if (q === undefined) return t.fail('no queue')
-  const c = rig.collector(q)
   // 64 bytes: 00 01 0000 00000000 | completion_addr = last 8 bytes of my page | zeros | tag
   const desc = encode([{ opcode: Opcode.NOOP, flags: Flag.COMPLETION_RECORD, completionAddr: mine + P - 8, tag: 0x1122334455667788n }])
   t.comment(`descriptor: ${Buffer.from(desc).toString('hex')}`)
@@ -907,15 +924,9 @@ t.test('regression: a misaligned completion_addr near a page end gets no record'
 // A DRAIN member waited for every earlier descriptor of its PASID, its own BATCH included,
 // which waited for the DRAIN: neither was ever answered.
 t.test('regression: DRAIN as a member of a BATCH completes', async t => {
-  const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
-  t.teardown(async () => {
-    // the reset aborts what hangs, or close() would wait for it forever
-    if (rig.dev.outstanding > 0) rig.dev.reset('teardown')
-    await rig.close()
-  })
-  const q = rig.dev.allocQueue('dedicated')
-  if (q === undefined) return t.fail('no queue')
-  const c = rig.collector(q)
+  const set = dedicatedRig(t)
+  if (set === undefined) return
+  const { rig, c } = set
   const arr = rig.map(P)
   rig.store(arr, encode([{ opcode: Opcode.DRAIN, tag: 2n }]))
   const batch = encode([{ opcode: Opcode.BATCH, src: arr, size: 1, tag: 1n }])
@@ -931,14 +942,9 @@ t.test('regression: DRAIN as a member of a BATCH completes', async t => {
 // BATCH whose last member's record waited for a page request) retired without running the
 // arbiter: a FENCE behind it waited for some unrelated doorbell write.
 t.test('regression: a FENCE behind a descriptor answered after a page request runs', async t => {
-  const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
-  t.teardown(async () => {
-    if (rig.dev.outstanding > 0) rig.dev.reset('teardown')
-    await rig.close()
-  })
-  const q = rig.dev.allocQueue('dedicated')
-  if (q === undefined) return t.fail('no queue')
-  const c = rig.collector(q)
+  const set = dedicatedRig(t)
+  if (set === undefined) return
+  const { rig, c } = set
   const ro = rig.map(P, Prot.READ)
   rig.load(ro, 1)
   const descs = encode([
@@ -962,14 +968,9 @@ t.test('regression: a FENCE behind a descriptor answered after a page request ru
 })
 
 t.test('regression: a BLOCK_ON_FAULT BATCH whose array is not yet present asks for its pages', async t => {
-  const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
-  t.teardown(async () => {
-    if (rig.dev.outstanding > 0) rig.dev.reset('teardown')
-    await rig.close()
-  })
-  const q = rig.dev.allocQueue('dedicated')
-  if (q === undefined) return t.fail('no queue')
-  const c = rig.collector(q)
+  const set = dedicatedRig(t)
+  if (set === undefined) return
+  const { rig, c } = set
   // Mapped, never touched: two all-zero members, which are NOOPs tagged 0.
   const arr = rig.map(P)
   t.ok(rig.p.mm.walk(arr, false) < 0, 'the array\'s page is not present')

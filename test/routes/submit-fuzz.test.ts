@@ -17,237 +17,47 @@ import fc from 'fast-check'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { CATALOGUE } from '../../src/errors.ts'
 import { CR_SIZE, DESC_SIZE, Flag, Opcode, Status } from '../../src/hw/descriptor.ts'
-import { adminHeaders, build, createProcess, createQueue, createTenant, load, mmap, OCTET, store, testDevices, type TestTenant } from '../helper.ts'
+import {
+  MEMBER_TAG, P, TWO_53, U64_MAX, USED_OP_ARGS, adjacentPages, bytesFrom, checkAgainstDescriptor, checkRecord, createBystander, createFuzzer,
+  descRecipes, encode, fcParams, fuzzApp, hex, tally, withTimeout, type Bystander, type Fields, type Fuzzer
+} from '../fuzz-descriptors.ts'
+import { build, createQueue, load, OCTET, store, type TestTenant } from '../helper.ts'
 
-const P = 4096
-const U64_MAX = (1n << 64n) - 1n
-const TWO_53 = 1n << 53n
-const MAX_TRANSFER = 2 ** 20
-const MAX_BATCH = 256
 /** src/schemas/queues.ts MAX_SUBMIT_DESCRIPTORS */
 const MAX_DESCRIPTORS = 4096
 /** tenant A's in-flight quota, below MAX_DESCRIPTORS so both refusals are reachable */
 const QUOTA = 2048
 /** WARPD_MAX_BODY_BYTES, the default */
 const BODY_LIMIT = 8 * 2 ** 20
-const STATUSES = new Set<number>(Object.values(Status))
-const OPCODES = new Set<number>(Object.values(Opcode))
 const statusCode = new Map<string, number>(Object.entries(Status))
 const flagNames = Object.keys(Flag) as Array<keyof typeof Flag>
 const opcodeName = new Map<number, string>(Object.entries(Opcode).map(([k, v]) => [v, k]))
-const USED_OP_ARGS: Record<number, number> = { [Opcode.FILL]: 8, [Opcode.CRC32]: 4, [Opcode.DEFLATE]: 1, [Opcode.ENCRYPT]: 16, [Opcode.DECRYPT]: 16 }
-const SIZED = new Set<number>([Opcode.MEMMOVE, Opcode.FILL, Opcode.COMPARE, Opcode.CRC32, Opcode.SHA256, Opcode.DEFLATE, Opcode.INFLATE, Opcode.ENCRYPT, Opcode.DECRYPT])
-const STREAMING = new Set<number>([Opcode.MEMMOVE, Opcode.COMPARE, Opcode.CRC32])
-const MEMBER_TAG = 0xBEEFn << 48n
-
-/** WARPD_FUZZ_SEED (and WARPD_FUZZ_PATH) replay a reported failure, without shrinking. */
-function fcParams (numRuns: number, ms: number): fc.Parameters<unknown> {
-  const seed = process.env.WARPD_FUZZ_SEED
-  if (seed === undefined) return { numRuns, interruptAfterTimeLimit: ms, markInterruptAsFailure: false }
-  return { numRuns, seed: Number(seed), path: process.env.WARPD_FUZZ_PATH, endOnFailure: true, verbose: 1 }
-}
-
-async function withTimeout<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer after ${ms} ms: ${what}`)), ms)
-  })
-  try {
-    return await Promise.race([p, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
-/** Deterministic bytes from a seed (xorshift32), so a failing case replays exactly. */
-function bytesFrom (seed: number, length: number): Buffer {
-  const b = Buffer.alloc(length)
-  let x = (seed | 0) || 0x9e3779b9
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    b[i] = x & 0xff
-  }
-  return b
-}
-
-function hex (v: bigint | number): string {
-  return `0x${v.toString(16)}`
-}
-
-// --- descriptors ---
-
-interface Fields {
-  opcode: number
-  flags: number
-  reserved: number
-  pasid: number
-  ca: bigint
-  src: bigint
-  dst: bigint
-  size: number
-  dstSize: number
-  tag: bigint
-  opArgs: Buffer
-}
-
-function encode (f: Fields): Buffer {
-  const b = Buffer.alloc(DESC_SIZE)
-  b[0] = f.opcode
-  b[1] = f.flags
-  b.writeUInt16LE(f.reserved, 2)
-  b.writeUInt32LE(f.pasid >>> 0, 4)
-  b.writeBigUInt64LE(f.ca, 8)
-  b.writeBigUInt64LE(f.src, 16)
-  b.writeBigUInt64LE(f.dst, 24)
-  b.writeUInt32LE(f.size >>> 0, 32)
-  b.writeUInt32LE(f.dstSize >>> 0, 36)
-  b.writeBigUInt64LE(f.tag, 40)
-  f.opArgs.copy(b, 48, 0, 16)
-  return b
-}
-
-/** PROTOCOL.md sections 1, 3 and 4: true when the descriptor must complete INVALID_OPCODE or INVALID_FIELD. */
-function specInvalid (d: Buffer): boolean {
-  const op = d[0]
-  if (!OPCODES.has(op)) return true
-  if ((d[1] & 0xf0) !== 0) return true
-  if (d[2] !== 0 || d[3] !== 0) return true
-  if (d[8] % 32 !== 0) return true
-  const size = d.readUInt32LE(32)
-  if (op === Opcode.BATCH && (size < 1 || size > MAX_BATCH)) return true
-  if (SIZED.has(op) && (size < 1 || size > MAX_TRANSFER)) return true
-  for (let i = 48 + (USED_OP_ARGS[op] ?? 0); i < 64; i++) if (d[i] !== 0) return true
-  if (op === Opcode.DEFLATE && d[48] > 9) return true
-  return false
-}
-
-/** The byte ranges a descriptor names; a PAGE_FAULT's fault_addr must fall in one of them (never an IOVA). */
-function namedRanges (d: Buffer): Array<[bigint, bigint]> {
-  const op = d[0]
-  const size = BigInt(d.readUInt32LE(32))
-  const dstSize = BigInt(d.readUInt32LE(36))
-  const src = d.readBigUInt64LE(16)
-  const dst = d.readBigUInt64LE(24)
-  const out: Array<[bigint, bigint]> = []
-  if (op === Opcode.BATCH) return [[src, src + size * 64n]]
-  if (op === Opcode.ENCRYPT || op === Opcode.DECRYPT) {
-    const key = d.readBigUInt64LE(48)
-    const iv = d.readBigUInt64LE(56)
-    out.push([key, key + 32n], [iv, iv + 12n])
-  }
-  if (SIZED.has(op) && op !== Opcode.FILL) out.push([src, src + size])
-  if (SIZED.has(op) && op !== Opcode.CRC32) {
-    let len = size > dstSize ? size : dstSize
-    if (len < 32n) len = 32n
-    out.push([dst, dst + len])
-  }
-  return out
-}
-
-/** A completion record on its own (section 2). */
-function checkRecord (rec: Buffer, where: string, problems: string[]): void {
-  const status = rec[0]
-  if (!STATUSES.has(status)) problems.push(`${where}: status ${status} is not a protocol status`)
-  // the kernel waits for room: nothing is ever answered RETRY here, and the queues run
-  if (status === Status.RETRY || status === Status.QUEUE_DISABLED) problems.push(`${where}: ${status} on a running queue`)
-  if (rec[3] !== 0) problems.push(`${where}: reserved byte 3 is ${rec[3]}`)
-  if (rec[2] > 3) problems.push(`${where}: fault_info ${rec[2]} has unknown bits`)
-  if (status !== Status.PAGE_FAULT && (rec.readBigUInt64LE(8) !== 0n || rec[2] !== 0)) problems.push(`${where}: status ${status} with fault_addr ${hex(rec.readBigUInt64LE(8))} fault_info ${rec[2]}`)
-  if (status === Status.OUTPUT_OVERFLOW && rec.readUInt32LE(4) !== 0) problems.push(`${where}: OUTPUT_OVERFLOW with bytes_completed ${rec.readUInt32LE(4)}`)
-}
-
-/** A descriptor's one completion, against what the protocol allows for it. */
-function checkAgainstDescriptor (rec: Buffer, d: Buffer, where: string, problems: string[]): void {
-  const status = rec[0]
-  const op = d[0]
-  if (rec.readBigUInt64LE(16) !== d.readBigUInt64LE(40)) problems.push(`${where}: tag ${hex(rec.readBigUInt64LE(16))} is not the descriptor's (out of order?)`)
-  const invalid = status === Status.INVALID_OPCODE || status === Status.INVALID_FIELD
-  const grey = op === Opcode.DECRYPT && d.readUInt32LE(32) < 16
-  if (specInvalid(d) && !invalid) problems.push(`${where}: an invalid descriptor completed ${status}`)
-  if (!specInvalid(d) && invalid && !grey) problems.push(`${where}: a valid descriptor completed ${status}`)
-  if (op !== Opcode.COMPARE && rec[1] !== 0) problems.push(`${where}: result ${rec[1]} for opcode ${op}`)
-  if (op === Opcode.COMPARE && rec[1] > 1) problems.push(`${where}: COMPARE result ${rec[1]}`)
-  const size = d.readUInt32LE(32)
-  const done = rec.readUInt32LE(4)
-  if (SIZED.has(op) && done > size) problems.push(`${where}: bytes_completed ${done} > size ${size}`)
-  const differs = op === Opcode.COMPARE && rec[1] === 1
-  if (status === Status.SUCCESS && SIZED.has(op) && !differs && done !== size) problems.push(`${where}: SUCCESS with bytes_completed ${done} of ${size}`)
-  // docs/PROTOCOL.md section 7: only MEMMOVE, COMPARE and CRC32 process a source prefix
-  // before a fault; MEMMOVE and FILL write the destination up to its faulting page.
-  if (status === Status.PAGE_FAULT && done !== 0 && !STREAMING.has(op) && op !== Opcode.FILL) problems.push(`${where}: PAGE_FAULT with bytes_completed ${done} for opcode ${op}`)
-  if (status === Status.PAGE_FAULT) {
-    const fa = rec.readBigUInt64LE(8)
-    if (!namedRanges(d).some(([s, e]) => fa >= s && fa < e)) problems.push(`${where}: fault_addr ${hex(fa)} is in no buffer the descriptor names`)
-  }
-}
+/** the kernel waits for room, and the queues run: no answer here is ever RETRY or QUEUE_DISABLED */
+const REFUSABLE = false
 
 // --- the fixture: one app, tenant A (the fuzzer) and tenant B (the bystander on the same kernel queues) ---
 
-interface Ctx {
+interface Ctx extends Fuzzer, Bystander {
   app: FastifyInstance
-  a: TestTenant
-  aPid: number
-  buf: number
-  ro: number
-  memberArea: number
   qSync: string
   qDedicated: string
   aPasid: number
-  b: TestTenant
-  bPid: number
-  bBuf: number
-  bSecret: number
   qB: string
-  bModel: Buffer
-  secretModel: Buffer
 }
 
 async function setup (): Promise<Ctx> {
-  // Isolation after 64 faults would turn every later answer on the dedicated queue into QUEUE_DISABLED.
-  const devices = testDevices().map(d => ({ ...d, isolateStrategy: { faults: 1e9, windowMs: 60000 } }))
-  const app = await build(t, { WARPD_PHYS_MEM_BYTES: 32 * 2 ** 20, WARPD_RATE_LIMIT: 1e6 }, { devices })
-
-  // Teardowns run last-registered first: this one runs before build()'s app.close(). Work a
-  // failed run left stuck (a hang this file exists to find) is aborted, so the close, which
-  // drains the devices, cannot wait for it for ever.
-  t.teardown(async () => {
-    for (const [id, d] of app.uacce.devices) {
-      if (d.dev.outstanding > 0) await app.inject({ method: 'POST', url: `/v1/admin/devices/${id}/reset`, headers: adminHeaders })
-    }
-  })
-  const a = await createTenant(app, { inflight: QUOTA })
-  const aPid = await createProcess(app, a)
-  const buf = Number(await mmap(app, a, aPid, { length: 16 * P, prot: 'rw' }))
-  const ro = Number(await mmap(app, a, aPid, { length: P, prot: 'r' }))
-  await store(app, a, aPid, buf, bytesFrom(1, 16 * P))
-  const qSync = (await createQueue(app, a, 'wd1', { pid: aPid })).qid
-  const qd = await createQueue(app, a, 'wd0', { pid: aPid })
-
-  const b = await createTenant(app)
-  const bPid = await createProcess(app, b)
-  const bBuf = Number(await mmap(app, b, bPid, { length: 16 * P, prot: 'rw' }))
-  const bSecret = Number(await mmap(app, b, bPid, { length: P, prot: 'rw', addr: '0x66660000' }))
-  const bModel = crypto.randomBytes(16 * P)
-  const secretModel = crypto.randomBytes(P)
-  await store(app, b, bPid, bBuf, bModel)
-  await store(app, b, bPid, bSecret, secretModel)
-  const qB = (await createQueue(app, b, 'wd1', { pid: bPid })).qid
-  return { app, a, aPid, buf, ro, memberArea: buf + 8 * P, qSync, qDedicated: qd.qid, aPasid: qd.pasid ?? 0, b, bPid, bBuf, bSecret, qB, bModel, secretModel }
+  const app = await fuzzApp(t)
+  const fuzzer = await createFuzzer(app, { inflight: QUOTA })
+  const qSync = (await createQueue(app, fuzzer.a, 'wd1', { pid: fuzzer.aPid })).qid
+  const qd = await createQueue(app, fuzzer.a, 'wd0', { pid: fuzzer.aPid })
+  const bystander = await createBystander(app, length => crypto.randomBytes(length))
+  const qB = (await createQueue(app, bystander.b, 'wd1', { pid: bystander.bPid })).qid
+  return { ...fuzzer, ...bystander, app, qSync, qDedicated: qd.qid, aPasid: qd.pasid ?? 0, qB }
 }
 
 const ctx = await setup()
-const seen = new Map<string, number>()
-function count (what: string): void {
-  seen.set(what, (seen.get(what) ?? 0) + 1)
-}
-/** what a property reached (answers by status and code, completions by status), then cleared */
-function summary (): string {
-  const s = [...seen].sort(([x], [y]) => x < y ? -1 : 1).map(([k, v]) => `${k}=${v}`).join(' ')
-  seen.clear()
-  return s
-}
+/** answers by status and code, completions by status */
+const { count, summary } = tally()
 
 async function submit (qid: string, payload: Buffer | string, contentType: string | undefined, tenant: TestTenant = ctx.a): Promise<LightMyRequestResponse> {
   const headers: Record<string, string> = { ...tenant.headers }
@@ -279,95 +89,11 @@ async function bUnchanged (): Promise<void> {
 
 // --- arbitraries ---
 
-function addrArb (): fc.Arbitrary<bigint> {
-  const at = (base: number, lo: number, hi: number): fc.Arbitrary<bigint> => fc.integer({ min: lo, max: hi }).map(o => BigInt(base + o))
-  return fc.oneof(
-    { weight: 6, arbitrary: at(ctx.buf, 0, 16 * P - 1) },
-    { weight: 2, arbitrary: at(ctx.buf + 16 * P, -512, -1) },
-    { weight: 1, arbitrary: at(ctx.ro, -256, P + 255) },
-    { weight: 2, arbitrary: at(ctx.memberArea, 0, 4 * P - 1).map(a => a & ~63n) },
-    { weight: 1, arbitrary: at(ctx.bBuf, 0, 16 * P - 1) },
-    { weight: 1, arbitrary: at(ctx.bSecret, -64, P - 1) },
-    {
-      weight: 2,
-      arbitrary: fc.constantFrom(0n, 0x1000n, (1n << 47n) - 1n, 1n << 47n, TWO_53 - 1n, TWO_53, TWO_53 + 1n,
-        TWO_53 + 0x1000n, 1n << 63n, U64_MAX, U64_MAX - 31n, U64_MAX - 4095n)
-    },
-    { weight: 1, arbitrary: fc.bigInt({ min: 0n, max: U64_MAX }) }
-  )
-}
-
-const sizeArb = fc.oneof(
-  { weight: 4, arbitrary: fc.integer({ min: 1, max: 2 * P }) },
-  { weight: 2, arbitrary: fc.constantFrom(0, 1, 15, 16, 17, 32, 64, P, 16 * P, MAX_TRANSFER, MAX_TRANSFER + 1, 0xffffffff) },
-  { weight: 1, arbitrary: fc.nat({ max: 0xffffffff }) }
-)
-
-function opArgsArb (): fc.Arbitrary<Buffer> {
-  const zero = fc.constant(Buffer.alloc(16))
-  const pattern = fc.uint8Array({ minLength: 8, maxLength: 8 }).map(u => Buffer.concat([Buffer.from(u), Buffer.alloc(8)]))
-  const level = fc.integer({ min: 0, max: 255 }).map(l => { const b = Buffer.alloc(16); b[0] = l; return b })
-  const keyIv = fc.tuple(addrArb(), addrArb()).map(([k, iv]) => { const b = Buffer.alloc(16); b.writeBigUInt64LE(k, 0); b.writeBigUInt64LE(iv, 8); return b })
-  const random = fc.uint8Array({ minLength: 16, maxLength: 16 }).map(u => Buffer.from(u))
-  return fc.oneof({ weight: 3, arbitrary: zero }, { weight: 2, arbitrary: pattern }, { weight: 1, arbitrary: level }, { weight: 2, arbitrary: keyIv }, { weight: 1, arbitrary: random })
-}
-
-const flagsArb = fc.oneof({ weight: 5, arbitrary: fc.integer({ min: 0, max: 15 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) })
-const reservedArb = fc.oneof({ weight: 8, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 0xffff }) })
 const tagArb = fc.oneof(fc.bigInt({ min: 0n, max: U64_MAX }), fc.constantFrom(0n, 1n, U64_MAX, TWO_53, TWO_53 - 1n))
 
-function caArb (): fc.Arbitrary<bigint> {
-  return fc.oneof({ weight: 2, arbitrary: fc.constant(0n) }, { weight: 3, arbitrary: addrArb().map(a => a & ~31n) }, { weight: 1, arbitrary: addrArb() })
-}
-
 /** One hostile descriptor, as fields. */
-function fieldsArb (): fc.Arbitrary<Fields> {
-  const opcode = fc.oneof({ weight: 8, arbitrary: fc.constantFrom(...OPCODES) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) })
-  const hostile = fc.record({
-    opcode,
-    flags: flagsArb,
-    reserved: reservedArb,
-    pasid: fc.oneof(fc.constantFrom(0, ctx.aPasid, ctx.aPasid + 1), fc.nat({ max: 0xffffffff })),
-    ca: caArb(),
-    src: addrArb(),
-    dst: addrArb(),
-    size: sizeArb,
-    dstSize: sizeArb,
-    tag: tagArb,
-    opArgs: opArgsArb()
-  })
-  const batch = fc.record({
-    flags: flagsArb,
-    ca: caArb(),
-    src: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 0, max: 63 }).map(k => BigInt(ctx.memberArea + 64 * k)) }, { weight: 1, arbitrary: addrArb() }),
-    size: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 1, max: 8 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 300 }) }),
-    tag: tagArb
-  }).map(f => ({ ...f, opcode: Opcode.BATCH, reserved: 0, pasid: 0, dst: 0n, dstSize: 0, opArgs: Buffer.alloc(16) }))
-  // well-formed work on the tenant's own memory, so the success paths run too
-  const inside = (lo: number, hi: number): fc.Arbitrary<bigint> => fc.integer({ min: lo, max: hi }).map(o => BigInt(ctx.buf + o))
-  const clean = fc.record({
-    opcode: fc.constantFrom(Opcode.NOOP, Opcode.MEMMOVE, Opcode.FILL, Opcode.COMPARE, Opcode.CRC32, Opcode.SHA256, Opcode.DEFLATE, Opcode.INFLATE, Opcode.ENCRYPT, Opcode.DECRYPT, Opcode.DRAIN),
-    flags: fc.integer({ min: 0, max: 15 }),
-    src: inside(0, 4 * P),
-    dst: inside(4 * P, 7 * P),
-    size: fc.integer({ min: 16, max: 4 * P }),
-    key: inside(0, 15 * P),
-    iv: inside(0, 15 * P),
-    level: fc.integer({ min: 0, max: 9 }),
-    ca: inside(15 * P, 16 * P - 32).map(a => a & ~31n),
-    tag: tagArb
-  }).map(f => {
-    const opArgs = Buffer.alloc(16)
-    if (f.opcode === Opcode.ENCRYPT || f.opcode === Opcode.DECRYPT) {
-      opArgs.writeBigUInt64LE(f.key, 0)
-      opArgs.writeBigUInt64LE(f.iv, 8)
-    } else if (f.opcode === Opcode.DEFLATE) {
-      opArgs[0] = f.level
-    } else if (f.opcode === Opcode.FILL) {
-      opArgs.writeUInt32LE(0xa5a55a5a, 0)
-    }
-    return { opcode: f.opcode, flags: f.flags, reserved: 0, pasid: 0, ca: f.ca, src: f.src, dst: f.dst, size: f.size, dstSize: 4 * P, tag: f.tag, opArgs }
-  })
+function fieldsArb (): fc.Arbitrary<Required<Fields>> {
+  const { hostile, batch, clean } = descRecipes(ctx, [0, ctx.aPasid, ctx.aPasid + 1], tagArb)
   return fc.oneof({ weight: 6, arbitrary: hostile }, { weight: 2, arbitrary: batch }, { weight: 3, arbitrary: clean })
 }
 
@@ -383,7 +109,7 @@ const membersArb: fc.Arbitrary<{ k: number, bytes: Buffer }> = fc.record({
 }))
 
 type Body =
-  | { kind: 'descriptors', descs: Fields[] }
+  | { kind: 'descriptors', descs: Array<Required<Fields>> }
   | { kind: 'bytes', bytes: Buffer, what: string }
 
 const bodyArb: fc.Arbitrary<Body> = fc.oneof(
@@ -454,7 +180,7 @@ function checkRecords (out: Buffer, body: Buffer, where: string, problems: strin
     const rec = out.subarray(i * CR_SIZE, (i + 1) * CR_SIZE)
     const d = body.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE)
     const w = `${where} #${i} (${d.toString('hex')})`
-    checkRecord(rec, w, problems)
+    checkRecord(rec, w, problems, REFUSABLE)
     checkAgainstDescriptor(rec, d, w, problems)
     count(`status:${[...statusCode].find(([, v]) => v === rec[0])?.[0] ?? rec[0]}`)
   }
@@ -542,7 +268,7 @@ const BAD_BY_FIELD: Record<string, fc.Arbitrary<unknown>> = {
 }
 
 /** Renders a descriptor as JSON the server must read as exactly its bytes, in one of the forms allowed. */
-function renderJson (f: Fields): fc.Arbitrary<Record<string, unknown>> {
+function renderJson (f: Required<Fields>): fc.Arbitrary<Record<string, unknown>> {
   const name = opcodeName.get(f.opcode)
   const opcode: fc.Arbitrary<unknown> = name === undefined ? fc.constant(f.opcode) : fc.constantFrom<unknown>(name, f.opcode)
   const flags: fc.Arbitrary<unknown> = (f.flags & 0xf0) !== 0
@@ -709,7 +435,7 @@ t.test('JSON: arrays of descriptors with wrong types, extra fields, huge and neg
               const d = body.descs[i].bytes as Buffer
               const rec = recordFromJson(c, `${where} #${i}`, problems)
               if (rec === undefined) return
-              checkRecord(rec, `#${i} (${d.toString('hex')})`, problems)
+              checkRecord(rec, `#${i} (${d.toString('hex')})`, problems, REFUSABLE)
               checkAgainstDescriptor(rec, d, `#${i} (${d.toString('hex')})`, problems)
               count(`status:${String((c as { status: unknown }).status)}`)
             })
@@ -841,20 +567,10 @@ t.test('dedicated: a FENCE behind a BLOCK_ON_FAULT descriptor that faults is ans
 t.test('dedicated: a misaligned completion record never reaches another tenant\'s memory', async t => {
   // a fresh app, so A's page and B's page are physically adjacent frames
   const app = await build(t)
-  const a = await createTenant(app)
-  const aPid = await createProcess(app, a)
-  const aBuf = Number(await mmap(app, a, aPid, { length: P, prot: 'rw' }))
-  const b = await createTenant(app)
-  const bPid = await createProcess(app, b)
-  const bBuf = Number(await mmap(app, b, bPid, { length: P, prot: 'rw' }))
-  await store(app, a, aPid, aBuf, Buffer.alloc(P, 0xaa))
-  await store(app, b, bPid, bBuf, Buffer.alloc(P, 0xbb))
-  const frame = (pid: number, va: number): number => Math.floor((app.kernel.processes.get(pid)?.mm.pt.get(va / P) ?? 0) / 8)
-  t.equal(frame(bPid, bBuf), frame(aPid, aBuf) + 1, 'precondition: B\'s page is the frame after A\'s')
-  const q = await createQueue(app, a, 'wd0', { pid: aPid })
+  const { a, aBuf, b, bPid, bBuf, qid } = await adjacentPages(t, app)
   const res = await app.inject({
     method: 'POST',
-    url: `/v1/queues/${q.qid}/submit`,
+    url: `/v1/queues/${qid}/submit`,
     headers: a.headers,
     payload: [{ opcode: 'NOOP', flags: ['COMPLETION_RECORD'], completion_addr: hex(aBuf + P - 8), tag: '0x4141414141414141' }]
   })
