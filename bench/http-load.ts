@@ -1,8 +1,9 @@
 /**
  * An HTTP load generator for the benchmarks: plain JavaScript in a worker thread, keeping
  * `concurrency` POSTs in flight over keep-alive sockets on 127.0.0.1, so that the server's
- * event loop is what is measured and not the client's (fetch in the server's own thread
- * ran the mediated path at a ninth of the rate this measures).
+ * event loop is what is measured and not the client's. The doorbell section used to
+ * time the mediated path through the SDK's fetch in the server's own thread: 17.6 k
+ * descriptors a second in the sixth session's full run, where this measured 158 k.
  */
 import { Worker } from 'node:worker_threads'
 
