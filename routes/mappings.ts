@@ -5,6 +5,7 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Errors, hex, unwrap } from '../src/errors.ts'
+import { Errno } from '../src/hw/errno.ts'
 import type { MappingInfo, Mm } from '../src/kernel/mm.ts'
 import { Prot } from '../src/kernel/vma.ts'
 import { AddrParams, AUTH_ERRORS, BODY_ERRORS, PidParams, problems } from '../src/schemas/common.ts'
@@ -132,8 +133,14 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
     const p = ownProcess(kernel, tenantOf(request), request.params.pid)
     const addr = parseAddr(request.params.addr)
     const length = request.body.length ?? wholeMapping(p.mm, addr)
-    unwrap(p.mm.mprotect(addr, length, protBits(request.body.prot)))
     const end = addr + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE
+    const r = p.mm.mprotect(addr, length, protBits(request.body.prot))
+    // Linux says ENOMEM for a hole in the range; over HTTP that read as the server out of
+    // memory (507), where the tenant named memory it does not have mapped.
+    if (!r.ok && r.errno === Errno.ENOMEM && !p.mm.covers(addr, end)) {
+      throw new Errors.NotFound(`[${hex(addr)}, ${hex(end)}) is not wholly mapped; mprotect changed nothing`)
+    }
+    unwrap(r)
     return { mappings: p.mm.mappings().filter(m => m.start < end && m.end > addr).map(view) }
   })
 }

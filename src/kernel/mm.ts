@@ -275,18 +275,23 @@ export class Mm implements IommuAddressSpace, FileMapper {
     return ok(bytes)
   }
 
+  /** Whether mappings cover every byte of [start, end), with no hole. */
+  covers (start: number, end: number): boolean {
+    let cursor = start
+    for (const v of this.#vmasIn(start, end)) {
+      if (v.start > cursor) break
+      cursor = v.end
+    }
+    return cursor >= end && this.findVma(start) !== undefined
+  }
+
   mprotect (addr: number, length: number, prot: number): Result<void> {
     const r = this.#checkRange(addr, length)
     if (!r.ok) return r
     if ((prot & ~(Prot.READ | Prot.WRITE)) !== 0) return err(Errno.EINVAL, 'unknown protection bits')
     const end = r.value
     // Linux answers ENOMEM when part of the range is not mapped, and changes nothing.
-    let cursor = addr
-    for (const v of this.#vmasIn(addr, end)) {
-      if (v.start > cursor) break
-      cursor = v.end
-    }
-    if (cursor < end || this.findVma(addr) === undefined) return err(Errno.ENOMEM, 'range is not fully mapped')
+    if (!this.covers(addr, end)) return err(Errno.ENOMEM, 'range is not fully mapped')
     if (this.vmas.length + this.#splitsNeeded(addr, end) > this.limits.maxMappings) {
       return err(Errno.ENOMEM, `splitting would exceed ${this.limits.maxMappings} mappings`)
     }

@@ -157,8 +157,16 @@ t.test('mprotect: whole mapping or part; a store after it faults', async t => {
   t.match(problem(store), { code: 'EFAULT', addr: second })
 
   const unmapped = await app.inject({ method: 'PATCH', url: `/v1/processes/${pid}/mappings/0x10000`, headers: a.headers, payload: { length: 4096, prot: 'r' } })
-  t.equal(unmapped.statusCode, 507)
-  t.match(problem(unmapped), { code: 'ENOMEM', detail: /Not enough memory/ })
+  t.equal(unmapped.statusCode, 404, 'a range not mapped is the tenant\'s error, not the server out of memory')
+  t.match(problem(unmapped), { code: 'WD_ERR_NOT_FOUND', detail: /\[0x10000, 0x11000\) is not wholly mapped/ })
+  // a hole inside the range, the mappings on either side untouched
+  const three = await mmap(app, a, pid, { length: 3 * 4096, prot: 'rw' })
+  const mid = `0x${(Number(three) + 4096).toString(16)}`
+  t.equal((await app.inject({ method: 'DELETE', url: `/v1/processes/${pid}/mappings/${mid}?length=4096`, headers: a.headers })).statusCode, 200)
+  const holed = await app.inject({ method: 'PATCH', url: `/v1/processes/${pid}/mappings/${three}`, headers: a.headers, payload: { length: 3 * 4096, prot: 'r' } })
+  t.equal(holed.statusCode, 404)
+  const after = (await app.inject({ method: 'GET', url: `/v1/processes/${pid}/mappings`, headers: a.headers })).json<{ mappings: Array<{ addr: string, prot: string }> }>().mappings
+  t.same(after.filter(m => m.addr === three).map(m => m.prot), ['rw'], 'nothing changed')
   const none = await app.inject({ method: 'PATCH', url: `/v1/processes/${pid}/mappings/0x10000`, headers: a.headers, payload: { prot: 'r' } })
   t.equal(none.statusCode, 404)
   const bad = await app.inject({ method: 'PATCH', url: `/v1/processes/${pid}/mappings/${addr}`, headers: a.headers, payload: { prot: 'x' } })
