@@ -30,6 +30,8 @@ import { P, Rig, deviceConfig, encode, type Collector } from './device-rig.ts'
  *   physical memory outside the process's writable frames is byte-for-byte unchanged:
  *   another process (another PASID on the same device, mapping the same virtual addresses
  *   and physically interleaved with this one) and this process's read-only pages;
+ * - another process's well-formed MEMMOVE and SHA256 on the shared queue, submitted among
+ *   the bursts, complete SUCCESS with the right bytes (ABORTED only after a reset);
  * - the device keeps working: a MEMMOVE and a SHA256 complete SUCCESS with the right bytes.
  *
  * The regression tests at the end are the device bugs it found (and one found by reading
@@ -139,6 +141,8 @@ interface Burst {
 interface Scenario {
   lists: ListSpec[]
   bursts: Burst[]
+  /** before which burst the other process submits its own, well-formed work on the shared queue */
+  otherAt: number
 }
 
 // --- arbitraries ---
@@ -412,7 +416,8 @@ function scenarioArb (): fc.Arbitrary<Scenario> {
         { weight: 1, arbitrary: fc.constant('now' as const) },
         { weight: 2, arbitrary: fc.integer({ min: 0, max: 3 }).map(ms => ({ ms })) }
       )
-    }), { minLength: 1, maxLength: 5, size: 'max' })
+    }), { minLength: 1, maxLength: 5, size: 'max' }),
+    otherAt: fc.integer({ min: 0, max: 5 })
   })
 }
 
@@ -439,6 +444,24 @@ const dataImage = (() => {
 const roImage = bytesFrom('read-only', RO_LEN)
 const otherImage = bytesFrom('another tenant', DATA_LEN)
 const otherOnlyImage = bytesFrom('another tenant, elsewhere', B_ONLY_LEN)
+
+/**
+ * The other process's own work, in its own mapping, on the shared queue beside the
+ * hostile bursts: it must complete, and right, whatever this one submits (ABORTED only
+ * when a reset came after it).
+ */
+const OTHER_COPY = P - 64
+const OTHER_HASHED = 1000
+const otherWork = encode([
+  { opcode: Opcode.MEMMOVE, src: B_ONLY, dst: B_ONLY + P, size: OTHER_COPY, tag: 0x07e1n },
+  { opcode: Opcode.SHA256, src: B_ONLY, dst: B_ONLY + B_ONLY_LEN - 32, size: OTHER_HASHED, tag: 0x07e2n }
+])
+const otherOnlyAfter = (() => {
+  const img = Buffer.from(otherOnlyImage)
+  otherOnlyImage.copy(img, P, 0, OTHER_COPY)
+  crypto.createHash('sha256').update(otherOnlyImage.subarray(0, OTHER_HASHED)).digest().copy(img, B_ONLY_LEN - 32)
+  return img
+})()
 
 interface Env {
   rig: Rig
@@ -651,10 +674,21 @@ async function runScenario (env: Env, sc: Scenario): Promise<string[]> {
   }
   let otherHeard = 0
   env.otherPort.listener = { completion: () => { otherHeard++ } }
+  // the other process's two descriptors: submitted before burst otherAt, again after each
+  // burst while the shared ring is full (RETRY is a right answer there, not a lost one)
+  const otherRecs: Uint8Array[][] = [[], []]
+  const otherTokens = [0, 1].map(i => (rec: Uint8Array) => { otherRecs[i].push(rec.slice()) })
+  let otherSent = 0
+  let otherResetAfter = false
+  const otherSubmit = (): void => {
+    if (otherSent === 2) return
+    otherSent += env.otherPort.submit(otherWork, otherSent * DESC_SIZE, 2 - otherSent, otherTokens.slice(otherSent))
+  }
 
   const subs: Submitted[] = []
   let resets = 0
   for (const [bi, burst] of sc.bursts.entries()) {
+    if (bi >= sc.otherAt) otherSubmit()
     const port = env.ports[burst.port]
     const q = port.queue
     const n = burst.descs.length
@@ -697,14 +731,21 @@ async function runScenario (env: Env, sc: Scenario): Promise<string[]> {
       rig.dev.reset('fuzz: reset after a burst')
       resets++
       for (const s of subs) s.resetAfter = true
+      if (otherSent > 0) otherResetAfter = true
       bump(env, 'resets')
     }
   }
 
-  // every accepted descriptor answered, within a bound
+  // every accepted descriptor answered, within a bound; the other process's work in too
   const deadline = Date.now() + RUN_TIMEOUT_MS
   const unanswered = (): Submitted[] => subs.filter(s => s.accepted && s.records.length === 0)
-  while ((unanswered().length > 0 || rig.dev.outstanding > 0) && Date.now() < deadline) await sleep(1)
+  for (;;) {
+    otherSubmit()
+    const otherDone = otherSent === 2 && otherRecs[0].length > 0 && otherRecs[1].length > 0
+    if ((unanswered().length === 0 && rig.dev.outstanding === 0 && otherDone) || Date.now() >= deadline) break
+    await sleep(1)
+  }
+  if (otherSent < 2) problems.push(`the other process's work was refused (${env.otherPort.lastRefusal}) for ${RUN_TIMEOUT_MS} ms`)
   const lost = unanswered()
   if (lost.length > 0 || rig.dev.outstanding > 0) {
     problems.push(`after ${RUN_TIMEOUT_MS} ms, ${lost.length} accepted descriptors unanswered, ${rig.dev.outstanding} outstanding: ` +
@@ -794,6 +835,11 @@ async function runScenario (env: Env, sc: Scenario): Promise<string[]> {
   })
   bump(env, 'member completions', members.length)
   if (otherHeard !== 0) problems.push(`the other process's port heard ${otherHeard} completions of this one's descriptors`)
+  const otherStatuses = otherRecs.map(r => r.map(x => x[CR.STATUS]))
+  const otherOk = otherStatuses.every(st => st.length === 1 && st[0] === Status.SUCCESS)
+  const otherAborted = otherStatuses.every(st => st.length === 1 && (st[0] === Status.SUCCESS || st[0] === Status.ABORTED))
+  if (!otherOk && !(otherResetAfter && otherAborted)) problems.push(`the other process's MEMMOVE and SHA256 completed ${JSON.stringify(otherStatuses)}`)
+  bump(env, otherOk ? 'other process done' : 'other process aborted')
 
   // records in REC: each slot holds the last record delivered for it, byte for byte
   const last = new Map<number, Uint8Array>()
@@ -829,6 +875,9 @@ async function runScenario (env: Env, sc: Scenario): Promise<string[]> {
     const f = rig.p.mm.walk(vpn * P, true)
     if (f >= 0) writable.add(f)
   }
+  // the page the other process's own work writes, checked above
+  const otherDst = env.other.mm.walk(B_ONLY + P, true)
+  if (otherDst >= 0) writable.add(otherDst)
   const nframes = rig.kernel.mem.nframes
   const a = Buffer.from(before.buffer, before.byteOffset, before.byteLength)
   const b = Buffer.from(mem.buffer, mem.byteOffset, mem.byteLength)
@@ -843,7 +892,13 @@ async function runScenario (env: Env, sc: Scenario): Promise<string[]> {
   }
   const otherNow = Buffer.from(rig.load(DATA, DATA_LEN, env.other))
   if (!otherNow.equals(otherImage)) problems.push('the other process\'s memory at the shared virtual addresses changed')
-  if (!Buffer.from(rig.load(B_ONLY, B_ONLY_LEN, env.other)).equals(otherOnlyImage)) problems.push('the other process\'s own mapping changed')
+  {
+    // its own mapping holds exactly what its work made of it (copy and digest), or, when
+    // a reset caught some of it, at least nothing outside what that work writes
+    const now = Buffer.from(rig.load(B_ONLY, B_ONLY_LEN, env.other))
+    if (otherOk && !now.equals(otherOnlyAfter)) problems.push('the other process\'s own mapping is not what its MEMMOVE and SHA256 make of it')
+    if (!otherOk && !now.subarray(0, P).equals(otherOnlyImage.subarray(0, P))) problems.push('the other process\'s source page changed')
+  }
   if (!Buffer.from(rig.load(RO, RO_LEN)).equals(roImage)) problems.push('a read-only mapping changed')
   if (!Buffer.from(rig.load(BAT, BAT_LEN)).equals(Buffer.from(layout.image))) problems.push('the member lists changed (nothing names them as a destination)')
 
@@ -909,6 +964,7 @@ t.test('hostile descriptors: no throw, one completion each, no write outside the
   t.ok(s('refused RETRY') > 0, 'bursts larger than the ring were answered RETRY')
   t.ok(s('refused QUEUE_DISABLED') > 0, 'isolated queues refused with QUEUE_DISABLED')
   t.ok(s('resets') > 0 && s(`status ${Status.ABORTED}`) > 0, 'resets aborted work in flight')
+  t.ok(s('other process done') > 0, 'the other process\'s work ran beside the bursts')
   for (const st of [Status.SUCCESS, Status.PAGE_FAULT, Status.INVALID_OPCODE, Status.INVALID_FIELD, Status.BATCH_FAILED]) {
     t.ok(s(`status ${st}`) > 0, `some completed with status ${st}`)
   }
