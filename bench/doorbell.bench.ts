@@ -3,7 +3,9 @@
  * bare ws server that answers each SUBMIT frame with a COMPLETIONS frame of the same
  * count, on the same loopback, interleaved round by round (this machine has slow
  * phases: the runs are paired and the ratios reported). Also the mediated path at 1 and
- * 32 descriptors per request, the doorbell's other denominator.
+ * 32 descriptors per request, the doorbell's other denominator. Server, bare echo and
+ * clients share one ws: native masking (bufferutil) when installed, for all of them
+ * alike; WS_NO_BUFFER_UTIL=1 measures without it.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
