@@ -270,6 +270,37 @@ t.test('releasing the queue: STATUS released, then the channel closes', async t 
   t.same(states, [4])
 })
 
+t.test('a device reset: STATUS resetting then running, ABORTED for what was caught, the channel carries on', async t => {
+  const s = await start(t)
+  const a = await tenant(s)
+  const db = await a.c.doorbell(a.qid)
+  t.teardown(() => db.close())
+  const states: number[] = []
+  db.onStatus = (state) => states.push(state)
+  // about 120 MiB of hashing: far more than the engines finish before the reset lands
+  const big = Number((await a.c.mmap(a.pid, { length: 256 * P, prot: 'rw' })).addr)
+  await a.c.store(a.pid, big, crypto.randomBytes(256 * P))
+  const n = 120
+  const work = db.submitAll(Array.from({ length: n }, (_, i) => ({ opcode: Opcode.SHA256, src: big, dst: a.buf + i * 32, size: 256 * P })))
+  // the frame crosses the loopback first: reset once the queue holds it
+  const hw = s.app.uacce.queues.get(a.qid)?.hw
+  const until = Date.now() + 5000
+  while ((hw?.occupancy ?? 0) === 0 && Date.now() < until) await new Promise(resolve => setImmediate(resolve))
+  const reset = await s.app.inject({ method: 'POST', url: '/v1/admin/devices/wd0/reset', headers: adminHeaders })
+  t.equal(reset.statusCode, 200)
+  t.ok(reset.json<{ aborted: number }>().aborted > 0, 'the reset found work in flight')
+  const done = await work
+  t.equal(done.length, n, 'one completion for each descriptor')
+  t.ok(done.every(c => c.status === Status.SUCCESS || c.status === Status.ABORTED), 'SUCCESS or ABORTED, nothing else')
+  t.ok(done.some(c => c.status === Status.ABORTED), 'what the reset caught completed ABORTED')
+  t.same(states, [3, 1], 'STATUS resetting, then running')
+  // the same channel goes on: new work runs, right
+  const data = crypto.randomBytes(P + 11)
+  await db.store(a.buf + 40 * P, data)
+  t.equal((await db.submit({ opcode: Opcode.SHA256, src: a.buf + 40 * P, dst: a.buf + 50 * P, size: data.length })).status, Status.SUCCESS)
+  t.same(await db.load(a.buf + 50 * P, 32), crypto.createHash('sha256').update(data).digest())
+})
+
 t.test('shutdown drains, then closes with 1001', async t => {
   const s = await start(t)
   const a = await tenant(s)
