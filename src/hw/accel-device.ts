@@ -32,6 +32,14 @@ export const UACCE_DEV_SVA = 0x1
  */
 const JOBS_PER_ENGINE = 256
 /**
+ * Source bytes in the engines per engine thread before the arbiter holds work back. Jobs
+ * on an engine run in the order they reached it, whatever their queue: without a cap in
+ * bytes, one queue's 128 DEFLATEs of 1 MiB went to the engines whole, and another
+ * queue's NOOP behind them waited 121 ms. 4 MiB keeps a few milliseconds of large jobs
+ * on each engine, so it does not run dry, and leaves small ones to the count above.
+ */
+const JOB_BYTES_PER_ENGINE = 4 * 2 ** 20
+/**
  * Up to this many contexts keep their (empty) list of outstanding entries when the last
  * one completes: a tenant whose work drains and comes back every round trip would
  * otherwise delete and re-add its list each time (a Map shrinking and growing). Past it,
@@ -86,6 +94,8 @@ export class AccelDevice implements QueueHost {
   readonly #jobs: Array<Entry | undefined> = []
   readonly #freeJobs: number[] = []
   #running = 0
+  /** the source bytes of the running jobs (Entry.jobBytes) */
+  #runningBytes = 0
   /** per context, its outstanding entries oldest first (a list through Entry.cPrev/cNext) */
   readonly #byCtx = new Map<number, CtxList>()
   /** the list the last accepted entry went on: a doorbell write's descriptors share one */
@@ -123,6 +133,7 @@ export class AccelDevice implements QueueHost {
   #idleWaiters: Array<() => void> = []
   #closed = false
   readonly maxJobs: number
+  readonly maxJobBytes: number
 
   constructor (config: DeviceConfig, iommu: Iommu) {
     this.config = config
@@ -136,6 +147,7 @@ export class AccelDevice implements QueueHost {
       algorithms: algorithmTable(config.algorithms.map(n => Opcode[n]))
     }
     this.maxJobs = config.engines * JOBS_PER_ENGINE
+    this.maxJobBytes = config.engines * JOB_BYTES_PER_ENGINE
     this.pool = new EnginePool({ mem: this.mem, workers: config.engines, onComplete: (id, r) => this.#onEngine(id, r) })
     this.pool.onSpace = () => this.#resubmit()
   }
@@ -205,6 +217,7 @@ export class AccelDevice implements QueueHost {
       t0,
       state: 'queued',
       job: -1,
+      jobBytes: 0,
       engine: undefined,
       qPrev: undefined,
       qNext: undefined,
@@ -282,7 +295,7 @@ export class AccelDevice implements QueueHost {
     this.#pumping = true
     const jobs: DeviceJob[] = []
     try {
-      while (this.#running < this.maxJobs && this.#stalled.length === 0) {
+      while (this.#running < this.maxJobs && this.#runningBytes < this.maxJobBytes && this.#stalled.length === 0) {
         const e = this.#next()
         if (e === undefined) break
         this.#start(e, jobs)
@@ -374,8 +387,10 @@ export class AccelDevice implements QueueHost {
     access.job = job.id
     access.wait = this.#waitAccess
     e.job = job.id
+    e.jobBytes = job.size
     this.#jobs[job.id] = e
     this.#running++
+    this.#runningBytes += job.size
     jobs.push(job)
   }
 
@@ -562,6 +577,8 @@ export class AccelDevice implements QueueHost {
     this.#freeJobs.push(e.job)
     e.job = -1
     this.#running--
+    this.#runningBytes -= e.jobBytes
+    e.jobBytes = 0
   }
 
   #finishAll (): void {

@@ -65,6 +65,8 @@ export interface Entry {
   state: 'queued' | 'translating' | 'running' | 'done'
   /** its engine job's id while it runs (the device's job slot), else -1 */
   job: number
+  /** the source bytes of that job, counted against the device's budget while it runs */
+  jobBytes: number
   /** the engine's answer, between the engine and the completion */
   engine: EngineResult | undefined
   /**

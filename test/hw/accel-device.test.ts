@@ -311,6 +311,31 @@ t.test('doorbell writes from separate callbacks of one event-loop turn reach the
   t.ok(cs.every(c => c.completions.get(1n)?.[0].status === Status.SUCCESS && c.completions.get(2n)?.[0].status === Status.SUCCESS))
 })
 
+t.test('big jobs wait in their queue past a budget of bytes: another queue\'s descriptor is not stuck behind them', async t => {
+  // One engine runs its jobs in the order they reached it. Queue 0 floods it with 1 MiB
+  // hashes; queue 1's NOOP, written a turn later, must not wait for all of them.
+  const rig = new Rig(deviceConfig({ engines: 1, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }] }))
+  t.teardown(() => rig.close())
+  await rig.dev.pool.ready()
+  const order: number[] = []
+  const ports = rig.dev.queues.map((q, i) => q.attach(rig.pasid, rig.pasid, { completion: () => { order.push(i) } }))
+  const src = rig.map(2 ** 20)
+  rig.store(src, crypto.randomBytes(2 ** 20))
+  const dst = rig.map(P)
+  const n = 32
+  t.equal(ports[0].submit(encode(Array.from({ length: n }, (_, i) => ({ opcode: Opcode.SHA256, src, dst: dst + (i % 128) * 32, size: 2 ** 20 }))), 0, n), n)
+  await new Promise(resolve => setImmediate(resolve))
+  t.equal(ports[1].submit(encode([{ opcode: Opcode.NOOP }]), 0, 1), 1)
+  const deadline = Date.now() + 20000
+  while (order.length < n + 1 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.equal(order.length, n + 1)
+  const at = order.indexOf(1)
+  // the budget is 4 MiB an engine: four hashes started before the NOOP came, one more at most
+  // before the arbiter's next round reached its queue
+  t.equal(rig.dev.maxJobBytes, 4 * 2 ** 20)
+  t.ok(at >= 0 && at <= 6, `the NOOP completed after ${at} of the ${n} hashes, not behind all of them`)
+})
+
 t.test('RETRY beyond the ring, QUEUE_DISABLED when isolated, cleared by the admin', async t => {
   const rig = new Rig(deviceConfig({
     queues: [{ mode: 'dedicated', depth: 8, priority: 1 }],
