@@ -5,7 +5,7 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Errors, hex, unwrap } from '../src/errors.ts'
-import { Errno } from '../src/hw/errno.ts'
+import { Errno, type Result } from '../src/hw/errno.ts'
 import type { MappingInfo, Mm } from '../src/kernel/mm.ts'
 import { Prot } from '../src/kernel/vma.ts'
 import { AddrParams, AUTH_ERRORS, BODY_ERRORS, PidParams, problems } from '../src/schemas/common.ts'
@@ -52,7 +52,16 @@ function view (m: MappingInfo): Mapping {
   return v
 }
 
-/** The mapping that starts exactly at addr: what DELETE and PATCH act on without a length. */
+/**
+ * mmap, munmap and mprotect answer ENOMEM, as in Linux, only for the process's own limits
+ * (mappings, address space): the caller's to respect, so a 409 that says which, not the
+ * 507 of the machine's memory running out.
+ */
+function unwrapMm<T> (r: Result<T>): T {
+  if (!r.ok && r.errno === Errno.ENOMEM) throw new Errors.ProcessLimit(r.message)
+  return unwrap(r)
+}
+
 /** Without a length, munmap and mprotect take the whole mapping that starts at addr. */
 function wholeMapping (mm: Mm, addr: number): number {
   const v = mm.findVma(addr)
@@ -70,7 +79,7 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
       summary: 'mmap: anonymous or file-backed, private or shared',
       params: PidParams,
       body: MmapBody,
-      response: { 201: Mapping, ...problems(...AUTH_ERRORS, ...BODY_ERRORS, 404, 409, 507) }
+      response: { 201: Mapping, ...problems(...AUTH_ERRORS, ...BODY_ERRORS, 404, 409) }
     }
   }, async (request, reply) => {
     const tenant = tenantOf(request)
@@ -79,7 +88,7 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
     const length = Math.ceil(body.length / PAGE_SIZE) * PAGE_SIZE
     checkMemoryQuota(kernel, tenant, length)
     const file = body.file === undefined ? undefined : ownFile(kernel, tenant, body.file)
-    const addr = unwrap(p.mm.mmap({
+    const addr = unwrapMm(p.mm.mmap({
       length,
       prot: protBits(body.prot),
       shared: body.shared ?? false,
@@ -111,13 +120,13 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
       summary: 'munmap: the whole mapping starting at addr, or `length` bytes from addr',
       params: AddrParams,
       querystring: MunmapQuery,
-      response: { 200: Unmapped, ...problems(...AUTH_ERRORS, 404, 507) }
+      response: { 200: Unmapped, ...problems(...AUTH_ERRORS, 404, 409) }
     }
   }, async (request) => {
     const p = ownProcess(kernel, tenantOf(request), request.params.pid)
     const addr = parseAddr(request.params.addr)
     const length = request.query.length ?? wholeMapping(p.mm, addr)
-    const bytes = unwrap(p.mm.munmap(addr, length))
+    const bytes = unwrapMm(p.mm.munmap(addr, length))
     return { addr: hex(addr), length: bytes }
   })
 
@@ -127,7 +136,7 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
       summary: 'mprotect: the whole mapping starting at addr, or `length` bytes from addr',
       params: AddrParams,
       body: MprotectBody,
-      response: { 200: MappingList, ...problems(...AUTH_ERRORS, ...BODY_ERRORS, 404, 507) }
+      response: { 200: MappingList, ...problems(...AUTH_ERRORS, ...BODY_ERRORS, 404, 409) }
     }
   }, async (request) => {
     const p = ownProcess(kernel, tenantOf(request), request.params.pid)
@@ -140,7 +149,7 @@ const mappingRoutes: FastifyPluginAsync = async (instance: FastifyInstance) => {
     if (!r.ok && r.errno === Errno.ENOMEM && !p.mm.covers(addr, end)) {
       throw new Errors.NotFound(`[${hex(addr)}, ${hex(end)}) is not wholly mapped; mprotect changed nothing`)
     }
-    unwrap(r)
+    unwrapMm(r)
     return { mappings: p.mm.mappings().filter(m => m.start < end && m.end > addr).map(view) }
   })
 }

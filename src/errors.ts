@@ -23,6 +23,7 @@ export const CATALOGUE = {
   WD_ERR_NOT_FOUND: { status: 404, title: 'Not found' },
   WD_ERR_CONFLICT: { status: 409, title: 'Conflict' },
   WD_ERR_QUOTA: { status: 409, title: 'Tenant quota exceeded' },
+  WD_ERR_PROCESS_LIMIT: { status: 409, title: 'Process limit reached' },
   WD_ERR_NO_SVA: { status: 409, title: 'Device without shared virtual addressing' },
   WD_ERR_PAYLOAD_TOO_LARGE: { status: 413, title: 'Payload too large' },
   WD_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported media type' },
@@ -45,7 +46,7 @@ export const CATALOGUE = {
   EFBIG: { status: 422, title: 'File too large' },
   EDQUOT: { status: 409, title: 'Quota exceeded' },
   EAGAIN: { status: 503, title: 'Try again', generic: 'The resource is temporarily unavailable; retry later.' },
-  ENOMEM: { status: 507, title: 'Out of memory', generic: 'Not enough memory: physical frames, address space or mapping slots ran out.' },
+  ENOMEM: { status: 507, title: 'Out of memory', generic: 'Not enough memory: the physical frames ran out.' },
   ENOSPC: { status: 507, title: 'No space left', generic: 'The device or table has no room left.' }
 } as const satisfies Record<string, Entry>
 
@@ -79,6 +80,7 @@ export const Errors = {
   NotFound: define('WD_ERR_NOT_FOUND'),
   Conflict: define('WD_ERR_CONFLICT'),
   Quota: define('WD_ERR_QUOTA'),
+  ProcessLimit: define('WD_ERR_PROCESS_LIMIT'),
   NoSva: define('WD_ERR_NO_SVA'),
   PayloadTooLarge: define('WD_ERR_PAYLOAD_TOO_LARGE'),
   UnsupportedMediaType: define('WD_ERR_UNSUPPORTED_MEDIA_TYPE'),

@@ -172,3 +172,20 @@ t.test('mprotect: whole mapping or part; a store after it faults', async t => {
   const bad = await app.inject({ method: 'PATCH', url: `/v1/processes/${pid}/mappings/${addr}`, headers: a.headers, payload: { prot: 'x' } })
   t.match(problem(bad), { status: 400, field: 'prot' })
 })
+
+t.test('a process\'s own limits answer 409 WD_ERR_PROCESS_LIMIT, saying which, not 507', async t => {
+  const app = await build(t)
+  // a tenant quota large enough that the process's address space is the limit met first
+  const a = await createTenant(app, { memoryBytes: 2 ** 40 })
+  const pid = await createProcess(app, a)
+  const huge = await app.inject({ method: 'POST', url: `/v1/processes/${pid}/mappings`, headers: a.headers, payload: { length: 2 ** 36 + 4096, prot: 'rw' } })
+  t.equal(huge.statusCode, 409)
+  t.match(problem(huge), { code: 'WD_ERR_PROCESS_LIMIT', detail: /address space would exceed/ })
+  const list = await app.inject({ method: 'GET', url: `/v1/processes/${pid}/mappings`, headers: a.headers })
+  t.same(list.json().mappings, [], 'nothing mapped')
+  // the same size fits in two halves up to the limit, then nothing more does
+  t.equal((await app.inject({ method: 'POST', url: `/v1/processes/${pid}/mappings`, headers: a.headers, payload: { length: 2 ** 35, prot: 'r' } })).statusCode, 201)
+  t.equal((await app.inject({ method: 'POST', url: `/v1/processes/${pid}/mappings`, headers: a.headers, payload: { length: 2 ** 35, prot: 'r' } })).statusCode, 201)
+  const more = await app.inject({ method: 'POST', url: `/v1/processes/${pid}/mappings`, headers: a.headers, payload: { length: 4096, prot: 'r' } })
+  t.match(problem(more), { status: 409, code: 'WD_ERR_PROCESS_LIMIT' })
+})
