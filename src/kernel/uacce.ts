@@ -367,8 +367,9 @@ export class Uacce {
     // device writes, into the tenant's page pinned and mapped for it. Nothing is pushed.
     desc[DESC.FLAGS] &= ~(Flag.NOTIFY | Flag.BLOCK_ON_FAULT)
     writeU32(desc, DESC.PASID, 0)
-    const ca = readAddr(desc, DESC.COMPLETION_ADDR)
-    if (inBatch && (desc[DESC.FLAGS] & Flag.COMPLETION_RECORD) !== 0 && ca !== 0) {
+    // validated, so an address asked for is aligned: recordAddr answers it
+    const ca = recordAddr(desc)
+    if (inBatch && ca !== 0) {
       const s = this.#mapRegion(q, m, ca, CR_SIZE, true)
       if (typeof s !== 'number') {
         m.record = this.#record(m, Status.PAGE_FAULT, exactFaultAddr(m.orig, DESC.COMPLETION_ADDR, s.addr), FaultInfo.WRITE | (s.noMapping ? FaultInfo.NO_MAPPING : 0))
