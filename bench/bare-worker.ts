@@ -5,12 +5,13 @@
  * the device benchmark keeps in flight): one buffer hashed or compressed over and over
  * stays in cache and trains the branch predictors on its bytes, which made the bare
  * DEFLATE at 4 KiB run 1.4-1.6x as fast as on the device's inputs (bench/RESULTS.md).
+ * It runs `warmSeconds` before it is timed, as the device's side does.
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 
-const { op, size, seconds, buffers } = workerData as { op: string, size: number, seconds: number, buffers: number }
+const { op, size, seconds, warmSeconds, buffers } = workerData as { op: string, size: number, seconds: number, warmSeconds: number, buffers: number }
 const inputs = Array.from({ length: buffers }, () => crypto.randomBytes(size))
 const outputs = Array.from({ length: buffers }, () => Buffer.alloc(size + 1024))
 const key = crypto.randomBytes(32)
@@ -28,6 +29,9 @@ const run = (i: number): void => {
   }
 }
 let ops = 0
+const warmUntil = performance.now() + warmSeconds * 1000
+while (performance.now() < warmUntil) run(ops++)
+ops = 0
 const t0 = performance.now()
 while (performance.now() - t0 < seconds * 1000) {
   run(ops)
