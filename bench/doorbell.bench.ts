@@ -38,13 +38,15 @@ async function drive (targets: Target[], body: Buffer, perFrame: number): Promis
   const lat: number[] = []
   let total = 0
   let refused = 0
-  const deadline = performance.now() + SECONDS * 1000
   await Promise.all(targets.map(async t => {
     const ws = new WebSocket(t.url, t.token !== undefined ? { headers: { authorization: `Bearer ${t.token}` } } : {})
     await new Promise<void>((resolve, reject) => {
       ws.once('error', reject)
       ws.once('message', () => resolve()) // HELLO (the bare server sends one too)
     })
+    // each client runs SECONDS from its HELLO: the doorbell's upgrade (authentication,
+    // the queue's checks) costs more than the bare echo's and is not what is measured
+    const deadline = performance.now() + SECONDS * 1000
     const sent: number[] = []
     let got = 0
     await new Promise<void>(resolve => {
