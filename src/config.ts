@@ -23,7 +23,9 @@ export const ConfigSchema = Type.Object({
   WARPD_STATE_DIR: Type.String({ minLength: 1, default: './state' }),
   WARPD_LOG_LEVEL: { ...LogLevel, default: 'info' },
   WARPD_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * MiB, default: 8 * MiB }),
-  WARPD_RATE_LIMIT: Type.Integer({ minimum: 1, default: 1000, description: 'requests per second per tenant' })
+  WARPD_RATE_LIMIT: Type.Integer({ minimum: 1, default: 1000, description: 'requests per second per tenant' }),
+  // A polling engine keeps a core busy; under a CPU quota of less than two cores, 0.
+  WARPD_ENGINE_POLL_US: Type.Optional(Type.Integer({ minimum: 0, maximum: 100000, description: 'overrides every device\'s pollUs' }))
 })
 
 export type Config = Static<typeof ConfigSchema>

@@ -129,7 +129,9 @@ export class InflightCounter {
 
 export const devicesPlugin = fp(async (fastify: FastifyInstance, opts: DevicesOptions) => {
   const file = fastify.config.WARPD_DEVICES_FILE
-  const configs = opts.devices ?? (file === undefined ? structuredClone(DEFAULT_DEVICES) : await loadDevicesFile(file))
+  const listed = opts.devices ?? (file === undefined ? structuredClone(DEFAULT_DEVICES) : await loadDevicesFile(file))
+  const pollUs = fastify.config.WARPD_ENGINE_POLL_US
+  const configs = pollUs === undefined ? listed : listed.map(c => ({ ...c, pollUs }))
   const uacce = new Uacce(fastify.kernel, configs)
   fastify.decorate('uacce', uacce)
   fastify.decorate('bindings', new Bindings())
@@ -140,7 +142,7 @@ export const devicesPlugin = fp(async (fastify: FastifyInstance, opts: DevicesOp
   // they start, and then no onReady ever looks at this promise.
   engines.catch(() => {})
   fastify.lifecycle.gates.push(engines)
-  fastify.log.info({ devices: configs.map(c => ({ id: c.id, sva: c.sva, queues: c.queues.length, engines: c.engines })), file }, 'devices configured')
+  fastify.log.info({ devices: configs.map(c => ({ id: c.id, sva: c.sva, queues: c.queues.length, engines: c.engines, pollUs: c.pollUs })), file }, 'devices configured')
 
   fastify.addHook('onClose', async (instance) => {
     // Drain first: the devices stop accepting and complete everything accepted...

@@ -65,6 +65,7 @@ export interface DeviceAttributes {
   maxTransferSize: number
   maxBatchSize: number
   engines: number
+  pollUs: number
 }
 
 const EMPTY: Sg = { addrs: [], lens: [] }
@@ -148,7 +149,7 @@ export class AccelDevice implements QueueHost {
     }
     this.maxJobs = config.engines * JOBS_PER_ENGINE
     this.maxJobBytes = config.engines * JOB_BYTES_PER_ENGINE
-    this.pool = new EnginePool({ mem: this.mem, workers: config.engines, onComplete: (id, r) => this.#onEngine(id, r) })
+    this.pool = new EnginePool({ mem: this.mem, workers: config.engines, pollUs: config.pollUs, onComplete: (id, r) => this.#onEngine(id, r) })
     this.pool.onSpace = () => this.#resubmit()
   }
 
@@ -168,7 +169,8 @@ export class AccelDevice implements QueueHost {
       queueDepths: this.queues.map(q => q.depth),
       maxTransferSize: this.config.maxTransferSize,
       maxBatchSize: this.config.maxBatchSize,
-      engines: this.config.engines
+      engines: this.config.engines,
+      pollUs: this.config.pollUs
     }
   }
 

@@ -33,7 +33,13 @@ export const DeviceConfigSchema = Type.Object({
     faults: Type.Integer({ minimum: 0, default: 64 }),
     windowMs: Type.Integer({ minimum: 1, default: 60000 })
   }, { additionalProperties: false }),
-  iotlbEntries: Type.Integer({ minimum: 1, maximum: 1 << 20, default: 4096 })
+  iotlbEntries: Type.Integer({ minimum: 1, maximum: 1 << 20, default: 4096 }),
+  pollUs: Type.Integer({
+    minimum: 0,
+    maximum: 100000,
+    default: 500,
+    description: 'microseconds engine 0 keeps polling its ring after its last job before it sleeps; 0 sleeps at once'
+  })
 }, { additionalProperties: false })
 export type DeviceConfig = Static<typeof DeviceConfigSchema>
 
@@ -59,7 +65,8 @@ export const DEFAULT_DEVICES: DeviceConfig[] = [
     maxBatchSize: 256,
     algorithms: opcodeNames,
     isolateStrategy: { faults: 64, windowMs: 60000 },
-    iotlbEntries: 4096
+    iotlbEntries: 4096,
+    pollUs: 500
   },
   {
     id: 'wd1',
@@ -73,6 +80,7 @@ export const DEFAULT_DEVICES: DeviceConfig[] = [
     maxBatchSize: 256,
     algorithms: opcodeNames,
     isolateStrategy: { faults: 64, windowMs: 60000 },
-    iotlbEntries: 4096
+    iotlbEntries: 4096,
+    pollUs: 500
   }
 ]

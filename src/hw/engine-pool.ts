@@ -94,6 +94,12 @@ const TWO_32 = 2 ** 32
 const JOB_COST = 512
 /** how long waitJob sleeps before checking the worker is still alive */
 const WAIT_SLICE_MS = 100
+/**
+ * Load (bytes, plus JOB_COST a job) the polling engine takes before the pool spreads work
+ * over the others: 256 KiB is about 56 SHA256 jobs of 4 KiB or 512 NOOPs, a few hundred
+ * microseconds of work for one engine.
+ */
+const POLL_LANE_LOAD = 256 * 1024
 
 /**
  * `argsAt`: where the 16 op_args bytes start in `args` (default 0), so a job can point
@@ -112,6 +118,12 @@ export interface EnginePoolOptions {
   onComplete?: CompleteFn
   /** where the free-running ring positions start; tests set it near 2**31 to cross the wrap */
   ringStart?: number
+  /**
+   * Microseconds engine 0 keeps polling its ring after its last job before it sleeps
+   * (default 0: every engine sleeps as soon as its ring is empty). While it polls, the
+   * pool gives it the work (up to POLL_LANE_LOAD) and a publish needs no futex wake.
+   */
+  pollUs?: number
 }
 
 export interface WorkerStats {
@@ -120,6 +132,8 @@ export interface WorkerStats {
   inflight: number
   /** submissions published: one doorbell each */
   batches: number
+  /** publishes that found the engine asleep and paid a futex wake */
+  wakes: number
   /** jobs the engine threw on (a caller bug), completed ABORTED */
   errors: number
   alive: boolean
@@ -130,6 +144,7 @@ export interface PoolStats {
   completed: number
   inflight: number
   batches: number
+  wakes: number
   errors: number
   workers: WorkerStats[]
 }
@@ -277,6 +292,7 @@ interface Lane {
   submitted: number
   completed: number
   batches: number
+  wakes: number
   errors: number
 }
 
@@ -378,6 +394,8 @@ export class EnginePool {
   readonly maxInflight: number
   readonly ringBytes: number
   readonly #lanes: Lane[] = []
+  /** the polling engine's lane, when the pool has one */
+  readonly #poller: Lane | undefined
   readonly #where = new IdMap()
   /** entry words of the jobs of the submit under way */
   #words: number[] = []
@@ -400,16 +418,21 @@ export class EnginePool {
     this.workers = opts.workers
     this.onComplete = opts.onComplete ?? (() => {})
     const start = (opts.ringStart ?? 0) | 0
+    const pollUs = opts.pollUs ?? 0
+    if (!Number.isFinite(pollUs) || pollUs < 0) throw new RangeError('pollUs must be >= 0')
     const spawn = workerSpawner()
     const readies: Promise<void>[] = []
+    const sqs = Array.from({ length: opts.workers }, () => new SharedArrayBuffer(RING_HEADER_BYTES + this.ringBytes))
     for (let i = 0; i < opts.workers; i++) {
-      const sq = new SharedArrayBuffer(RING_HEADER_BYTES + this.ringBytes)
+      const sq = sqs[i]
       const cq = new SharedArrayBuffer(RING_HEADER_BYTES + cqEntries * CE.WORDS * 4)
       const sqh = new Int32Array(sq, 0, RING_HEADER_BYTES / 4)
       const cqh = new Int32Array(cq, 0, RING_HEADER_BYTES / 4)
       // before the worker exists, so it starts from the same positions
       sqh[SQ.HEAD] = sqh[SQ.TAIL] = cqh[CQ.TAIL] = cqh[CQ.HEAD] = start
-      const worker = spawn({ mem, sq, cq, index: i }, `engine-${i}`)
+      const pollMs = i === 0 ? pollUs / 1000 : 0
+      const peers = pollMs > 0 ? sqs.filter((_, k) => k !== i) : []
+      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers }, `engine-${i}`)
       const lane: Lane = {
         index: i,
         worker,
@@ -432,6 +455,7 @@ export class EnginePool {
         submitted: 0,
         completed: 0,
         batches: 0,
+        wakes: 0,
         errors: 0
       }
       this.#lanes.push(lane)
@@ -458,6 +482,7 @@ export class EnginePool {
       }))
       this.#arm(lane)
     }
+    this.#poller = pollUs > 0 ? this.#lanes[0] : undefined
     this.#ready = Promise.all(readies).then(() => {})
     // a worker that fails to start rejects ready(); that is reported there and through onError
     this.#ready.catch(() => {})
@@ -470,6 +495,13 @@ export class EnginePool {
 
   get inflight (): number {
     return this.#where.size
+  }
+
+  /** Is the engine asleep, so that the next publish to it pays a futex wake? */
+  sleeping (worker: number): boolean {
+    const lane = this.#lanes[worker]
+    if (lane === undefined) throw new RangeError(`no engine ${worker}`)
+    return Atomics.load(lane.sqh, SQ.SLEEPING) === 1
   }
 
   /** Is this job submitted and not yet delivered to onComplete? */
@@ -530,6 +562,11 @@ export class EnginePool {
 
   #appendLeastLoaded (job: PoolJob, words: number): Lane | undefined {
     const n = this.#lanes.length
+    // The polling engine takes work while its queue is short: awake, it costs no wake;
+    // asleep, one wake is cheaper than one for every engine. Past POLL_LANE_LOAD the
+    // rest share it, so heavy work still spreads over all the engines.
+    const poller = this.#poller
+    if (poller !== undefined && poller.alive && poller.load < POLL_LANE_LOAD && this.#append(poller, job, words) !== undefined) return poller
     // least load first; the rotating start breaks ties round-robin
     const start = this.#rr
     this.#rr = (start + 1) % n
@@ -599,7 +636,10 @@ export class EnginePool {
     // does not; only one already asleep needs the (costly) futex wake, and only once:
     // whoever takes SLEEPING from 1 to 0 wakes it, later publishes before it runs don't.
     Atomics.add(lane.sqh, SQ.DOORBELL, 1)
-    if (Atomics.compareExchange(lane.sqh, SQ.SLEEPING, 1, 0) === 1) Atomics.notify(lane.sqh, SQ.DOORBELL)
+    if (Atomics.compareExchange(lane.sqh, SQ.SLEEPING, 1, 0) === 1) {
+      Atomics.notify(lane.sqh, SQ.DOORBELL)
+      lane.wakes++
+    }
     lane.batches++
   }
 
@@ -749,16 +789,18 @@ export class EnginePool {
       completed: l.completed,
       inflight: l.fifo.length,
       batches: l.batches,
+      wakes: l.wakes,
       errors: l.errors,
       alive: l.alive
     }))
-    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'errors'): number =>
+    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'wakes' | 'errors'): number =>
       workers.reduce((s, w) => s + w[k], 0)
     return {
       submitted: sum('submitted'),
       completed: sum('completed'),
       inflight: sum('inflight'),
       batches: sum('batches'),
+      wakes: sum('wakes'),
       errors: sum('errors'),
       workers
     }

@@ -52,6 +52,7 @@ const EngineCounts = {
   completed: Count,
   inflight: Count,
   batches: { ...Count, description: 'submissions published to the engine: one doorbell each' },
+  wakes: { ...Count, description: 'publishes that found the engine asleep and woke it (a futex wake, the costly part of a publish)' },
   errors: { ...Count, description: 'jobs an engine failed on' }
 }
 
@@ -76,6 +77,7 @@ export const DeviceView = Type.Object({
   maxTransferSize: Type.Integer({ minimum: 1, description: 'bytes a descriptor may read' }),
   maxBatchSize: Type.Integer({ minimum: 1, description: 'descriptors a BATCH may hold' }),
   engines: Type.Integer({ minimum: 1, description: 'engine threads' }),
+  pollUs: Type.Integer({ minimum: 0, description: 'microseconds engine 0 keeps polling for work after its last job before it sleeps (0: never polls); while it polls it keeps a core busy' }),
   outstanding: { ...Count, description: 'descriptors accepted and not yet completed, over every queue' },
   queues: Type.Array(HwQueueView),
   iotlb: Type.Object({

@@ -309,3 +309,83 @@ t.test('a pool never holds the process open once idle, closed or not', async t =
   })
   t.same(JSON.parse(out), { status: Status.SUCCESS, result: 0, bytesCompleted: 9, value: crc32Js(new Uint8Array(9)) })
 })
+
+t.test('a polling engine takes short work, is published to without a wake while it polls, and sleeps after its window', async t => {
+  let done = 0
+  // a window far longer than the test: every publish below finds engine 0 polling
+  const pool = new EnginePool({ mem, workers: 2, pollUs: 60_000_000, onComplete: () => { done++ } })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  const small = (from: number, n: number): PoolJob[] => Array.from({ length: n }, (_, k) => crcJob(from + k, sgOf(inFrames, k, 100), 100))
+  // engine 0 polls only while every other engine sleeps: let engine 1 settle first
+  await until(() => pool.sleeping(1))
+  t.equal(pool.submit(small(0, 8)), 8)
+  t.equal(pool.waitJob(7)?.status, Status.SUCCESS)
+  let s = pool.stats()
+  t.same(s.workers.map(w => w.submitted), [8, 0], 'short work stays on the polling engine')
+  const wakes = s.wakes
+  for (let round = 1; round <= 5; round++) {
+    t.equal(pool.submit(small(round * 100, 8)), 8)
+    t.equal(pool.waitJob(round * 100 + 7)?.status, Status.SUCCESS)
+  }
+  s = pool.stats()
+  t.equal(s.wakes, wakes, 'no futex wake while engine 0 polls')
+  t.notOk(pool.sleeping(0))
+  // more than POLL_LANE_LOAD (256 KiB) at once: the rest of the engines share it
+  const big = Array.from({ length: 120 }, (_, k) => crcJob(10_000 + k, sgOf(inFrames, k, 4000), 4000))
+  t.equal(pool.submit(big), 120)
+  t.equal(pool.waitJob(10_119)?.status, Status.SUCCESS)
+  s = pool.stats()
+  t.ok(s.workers[1].submitted > 0, 'heavy work spreads to engine 1')
+  t.ok(s.workers[0].submitted - 48 >= 256 * 1024 / (4000 + 512) - 1, 'engine 0 took its share first')
+  await pool.close()
+  t.equal(done, 48 + 120)
+})
+
+/** Waits, up to 10 s, for `cond`; engines change state on their own threads. */
+async function until (cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 2000 && !cond(); i++) await new Promise(resolve => setTimeout(resolve, 5))
+}
+
+t.test('the polling engine sleeps instead while another engine runs, so it never takes a core from the main thread', async t => {
+  const pool = new EnginePool({ mem, workers: 2, pollUs: 60_000_000 })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  await until(() => pool.sleeping(1))
+  // tens of milliseconds of hashing on engine 1, one short job on engine 0
+  const sg = sgOf(inFrames, 0, 64 * PAGE_SIZE)
+  const long = Array.from({ length: 300 }, (_, k) => ({ id: 1000 + k, opcode: Opcode.SHA256, flags: 0, size: 64 * PAGE_SIZE, dstSize: 0, args, src: sg, dst: sgOf(scattered(1), 0, 32) }))
+  t.equal(pool.submit(1, long), 300)
+  t.equal(pool.submit(0, crcJob(1, sgOf(inFrames, 0, 100), 100)), 1)
+  t.equal(pool.waitJob(1)?.status, Status.SUCCESS)
+  await until(() => pool.sleeping(0) || pool.stats().workers[1].inflight === 0)
+  t.ok(pool.sleeping(0), 'engine 0 went to sleep at once')
+  t.ok(pool.stats().workers[1].inflight > 0, 'while engine 1 was still running')
+  t.equal(pool.waitJob(1299)?.status, Status.SUCCESS)
+})
+
+t.test('an engine that polls for a short window sleeps after it, and the next publish wakes it', async t => {
+  const pool = new EnginePool({ mem, workers: 1, pollUs: 1000 })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  t.equal(pool.submit(crcJob(1, sgOf(inFrames, 0, 100), 100)), 1)
+  t.equal(pool.waitJob(1)?.status, Status.SUCCESS)
+  await until(() => pool.sleeping(0))
+  t.ok(pool.sleeping(0), 'asleep once its window has passed')
+  const wakes = pool.stats().wakes
+  t.equal(pool.submit(crcJob(2, sgOf(inFrames, 0, 100), 100)), 1)
+  t.equal(pool.stats().wakes, wakes + 1, 'the publish woke it')
+  t.equal(pool.waitJob(2)?.status, Status.SUCCESS)
+  t.throws(() => pool.sleeping(1), RangeError)
+  t.throws(() => new EnginePool({ mem, workers: 1, pollUs: -1 }), RangeError)
+})
+
+t.test('without pollUs, work spreads by load from the first job', async t => {
+  const pool = new EnginePool({ mem, workers: 2 })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  t.equal(pool.submit(Array.from({ length: 8 }, (_, k) => crcJob(k, sgOf(inFrames, k, 100), 100))), 8)
+  t.same(pool.stats().workers.map(w => w.submitted), [4, 4])
+  t.equal(pool.waitJob(7)?.status, Status.SUCCESS)
+  t.equal(pool.waitJob(6)?.status, Status.SUCCESS)
+})

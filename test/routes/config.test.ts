@@ -12,6 +12,8 @@ t.test('defaults', async t => {
   t.equal(c.WARPD_RATE_LIMIT, 1000)
   t.equal(c.WARPD_ADMIN_TOKEN, undefined)
   t.equal(c.WARPD_DEVICES_FILE, undefined)
+  t.equal(c.WARPD_ENGINE_POLL_US, undefined, 'each device keeps its own pollUs')
+  t.equal(loadConfig({ WARPD_ENGINE_POLL_US: '0' }).WARPD_ENGINE_POLL_US, 0)
 })
 
 t.test('strings from the environment are coerced; empty means unset', async t => {
@@ -30,7 +32,9 @@ t.test('errors name the variable', async t => {
     [{ WARPD_PHYS_MEM_BYTES: '1000000' }, 'WARPD_PHYS_MEM_BYTES', /WARPD_PHYS_MEM_BYTES must be multiple of 4096/],
     [{ WARPD_LOG_LEVEL: 'loud' }, 'WARPD_LOG_LEVEL', /WARPD_LOG_LEVEL must be one of fatal, error/],
     [{ WARPD_MAX_BODY_BYTES: '-1' }, 'WARPD_MAX_BODY_BYTES', /WARPD_MAX_BODY_BYTES must be >= 1024/],
-    [{ WARPD_RATE_LIMIT: '0' }, 'WARPD_RATE_LIMIT', /WARPD_RATE_LIMIT must be >= 1/]
+    [{ WARPD_RATE_LIMIT: '0' }, 'WARPD_RATE_LIMIT', /WARPD_RATE_LIMIT must be >= 1/],
+    [{ WARPD_ENGINE_POLL_US: '-5' }, 'WARPD_ENGINE_POLL_US', /WARPD_ENGINE_POLL_US must be >= 0/],
+    [{ WARPD_ENGINE_POLL_US: 'often' }, 'WARPD_ENGINE_POLL_US', /WARPD_ENGINE_POLL_US must be integer/]
   ]
   for (const [env, name, re] of cases) {
     t.throws(() => loadConfig(env), { name: 'ConfigError', message: re, variables: [name] }, name)

@@ -26,6 +26,7 @@ t.test('the devices: UACCE attributes, hardware queues, IOTLB and engines', asyn
     maxTransferSize: 1048576,
     maxBatchSize: 256,
     engines: 1,
+    pollUs: 500,
     outstanding: 0,
     iotlb: { hits: 0, misses: 0, entries: 0, capacity: 4096 },
     enginePool: { submitted: 0, completed: 0, inflight: 0, workers: [{ alive: true }] }
@@ -115,6 +116,25 @@ t.test('WARPD_DEVICES_FILE: devices from a file, defaults filled in', async t =>
     { id: 'acc0', sva: true, queueDepths: [128, 64], algorithms: ['NOOP', 'CRC32'], engines: 1, maxTransferSize: 1048576, isolate_strategy: { faults: 64, windowMs: 60000 } },
     { id: 'acc1', sva: false, queueDepths: [32], algorithms: ['SHA256'], isolate_strategy: { faults: 3, windowMs: 60000 } }
   ])
+})
+
+t.test('WARPD_ENGINE_POLL_US overrides every device\'s pollUs, whatever its file says', async t => {
+  const dir = tempStateDir(t)
+  const file = join(dir, 'devices.json')
+  await writeFile(file, JSON.stringify({
+    devices: [
+      { id: 'acc0', sva: true, queues: [{ mode: 'dedicated' }], algorithms: ['NOOP'], isolateStrategy: {}, pollUs: 2000 },
+      { id: 'acc1', sva: false, queues: [{ mode: 'kernel' }], algorithms: ['NOOP'], isolateStrategy: {} }
+    ]
+  }))
+  const fromFile = await build(t, { WARPD_DEVICES_FILE: file })
+  const a = await createTenant(fromFile)
+  let { devices } = (await fromFile.inject({ method: 'GET', url: '/v1/devices', headers: a.headers })).json()
+  t.same(devices.map((d: { pollUs: number }) => d.pollUs), [2000, 500], 'the file, else the default')
+  const overridden = await build(t, { WARPD_DEVICES_FILE: file, WARPD_ENGINE_POLL_US: 0 })
+  const b = await createTenant(overridden)
+  ;({ devices } = (await overridden.inject({ method: 'GET', url: '/v1/devices', headers: b.headers })).json())
+  t.same(devices.map((d: { pollUs: number }) => d.pollUs), [0, 0])
 })
 
 t.test('a bad devices file stops the start with the file and the bad path', async t => {
