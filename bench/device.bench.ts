@@ -64,7 +64,9 @@ function config (): DeviceConfig {
   return {
     ...structuredClone(DEFAULT_DEVICES[0]),
     engines: ENGINES,
-    queues: [{ mode: 'dedicated', depth: 4096, priority: 1 }]
+    queues: [{ mode: 'dedicated', depth: 4096, priority: 1 }],
+    // set to compare: 0 turns the engines' polling off, as the service's variable does
+    pollUs: Number(process.env.WARPD_ENGINE_POLL_US ?? DEFAULT_DEVICES[0].pollUs)
   }
 }
 

@@ -132,7 +132,9 @@ export async function benchDoorbell (): Promise<string[]> {
       WARPD_DEVICES_FILE: devices,
       WARPD_PHYS_MEM_BYTES: 256 * 2 ** 20,
       WARPD_LOG_LEVEL: 'silent',
-      WARPD_RATE_LIMIT: 1000000
+      WARPD_RATE_LIMIT: 1000000,
+      // set to compare: 0 turns the engines' polling off
+      WARPD_ENGINE_POLL_US: process.env.WARPD_ENGINE_POLL_US
     })
   })
   const base = await app.listen({ port: 0, host: '127.0.0.1' })

@@ -43,7 +43,9 @@ export async function benchMediated (): Promise<string[]> {
     WARPD_ADMIN_TOKEN: ADMIN,
     WARPD_PHYS_MEM_BYTES: 16 * 2 ** 20,
     // The per-tenant request rate would be the bottleneck otherwise.
-    WARPD_RATE_LIMIT: 1_000_000_000
+    WARPD_RATE_LIMIT: 1_000_000_000,
+    // set to compare: 0 turns the engines' polling off
+    WARPD_ENGINE_POLL_US: process.env.WARPD_ENGINE_POLL_US
   })
   const app = await buildApp({ config })
   const bare = Fastify({ logger: false })
