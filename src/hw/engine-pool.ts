@@ -124,6 +124,12 @@ export interface EnginePoolOptions {
    * pool gives it the work (up to POLL_LANE_LOAD) and a publish needs no futex wake.
    */
   pollUs?: number
+  /**
+   * Poll even while the machine has more runnable threads than cores (default false:
+   * the polling engine then sleeps instead). Tests of the polling itself set it, so that
+   * the machine's other load cannot change what they see.
+   */
+  pollContended?: boolean
 }
 
 export interface WorkerStats {
@@ -432,7 +438,7 @@ export class EnginePool {
       sqh[SQ.HEAD] = sqh[SQ.TAIL] = cqh[CQ.TAIL] = cqh[CQ.HEAD] = start
       const pollMs = i === 0 ? pollUs / 1000 : 0
       const peers = pollMs > 0 ? sqs.filter((_, k) => k !== i) : []
-      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers }, `engine-${i}`)
+      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers, pollContended: opts.pollContended === true }, `engine-${i}`)
       const lane: Lane = {
         index: i,
         worker,

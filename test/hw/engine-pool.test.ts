@@ -1,5 +1,8 @@
 import t from 'tap'
 import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
+import { Worker } from 'node:worker_threads'
 import { createHash, randomBytes } from 'node:crypto'
 import zlib from 'node:zlib'
 import { OP_ARGS_SIZE, Opcode, Status } from '../../src/hw/descriptor.ts'
@@ -313,7 +316,7 @@ t.test('a pool never holds the process open once idle, closed or not', async t =
 t.test('a polling engine takes short work, is published to without a wake while it polls, and sleeps after its window', async t => {
   let done = 0
   // a window far longer than the test: every publish below finds engine 0 polling
-  const pool = new EnginePool({ mem, workers: 2, pollUs: 60_000_000, onComplete: () => { done++ } })
+  const pool = new EnginePool({ mem, workers: 2, pollUs: 60_000_000, pollContended: true, onComplete: () => { done++ } })
   t.teardown(() => pool.close())
   await pool.ready()
   const small = (from: number, n: number): PoolJob[] => Array.from({ length: n }, (_, k) => crcJob(from + k, sgOf(inFrames, k, 100), 100))
@@ -348,7 +351,7 @@ async function until (cond: () => boolean): Promise<void> {
 }
 
 t.test('the polling engine sleeps instead while another engine runs, so it never takes a core from the main thread', async t => {
-  const pool = new EnginePool({ mem, workers: 2, pollUs: 60_000_000 })
+  const pool = new EnginePool({ mem, workers: 2, pollUs: 60_000_000, pollContended: true })
   t.teardown(() => pool.close())
   await pool.ready()
   await until(() => pool.sleeping(1))
@@ -362,6 +365,27 @@ t.test('the polling engine sleeps instead while another engine runs, so it never
   t.ok(pool.sleeping(0), 'engine 0 went to sleep at once')
   t.ok(pool.stats().workers[1].inflight > 0, 'while engine 1 was still running')
   t.equal(pool.waitJob(1299)?.status, Status.SUCCESS)
+})
+
+t.test('a polling engine sleeps instead while the machine has more runnable threads than cores', { skip: !existsSync('/proc/loadavg') && 'no /proc/loadavg' }, async t => {
+  const pool = new EnginePool({ mem, workers: 1, pollUs: 60_000_000 })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  // a thread more than the machine has cores, each spinning until told to stop (or 20 s)
+  const stop = new Int32Array(new SharedArrayBuffer(4))
+  const spinners = Array.from({ length: availableParallelism() + 1 }, () => new Worker(
+    'const { workerData } = require("node:worker_threads"); const t0 = Date.now(); while (Atomics.load(workerData, 0) === 0 && Date.now() - t0 < 20000);',
+    { eval: true, workerData: stop }))
+  t.teardown(async () => {
+    Atomics.store(stop, 0, 1)
+    await Promise.all(spinners.map(async w => await new Promise(resolve => w.once('exit', resolve))))
+  })
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(pool.submit(crcJob(1, sgOf(inFrames, 0, 100), 100)), 1)
+  t.equal(pool.waitJob(1)?.status, Status.SUCCESS)
+  // polling would last a minute; contended, it gives up within a few checks
+  await until(() => pool.sleeping(0))
+  t.ok(pool.sleeping(0), 'asleep, though its window is a minute')
 })
 
 t.test('an engine that polls for a short window sleeps after it, and the next publish wakes it', async t => {
