@@ -44,6 +44,8 @@ export const SQ = {
   STATE: 1,
   /** worker sets 1 before it sleeps on DOORBELL; the publish that takes it back to 0 wakes it */
   SLEEPING: 2,
+  /** worker: sleeps whose wake-up never came, ended by the sleep's timeout with work waiting */
+  LOST_WAKES: 3,
   /** main: words published */
   TAIL: 16,
   /** main: bumped after every publish and on stop; the word the worker sleeps on */
@@ -140,6 +142,8 @@ export interface WorkerStats {
   batches: number
   /** publishes that found the engine asleep and paid a futex wake */
   wakes: number
+  /** wake-ups that never reached the sleeping engine, which found its work when its sleep timed out */
+  lostWakes: number
   /** jobs the engine threw on (a caller bug), completed ABORTED */
   errors: number
   alive: boolean
@@ -151,6 +155,7 @@ export interface PoolStats {
   inflight: number
   batches: number
   wakes: number
+  lostWakes: number
   errors: number
   workers: WorkerStats[]
 }
@@ -796,10 +801,11 @@ export class EnginePool {
       inflight: l.fifo.length,
       batches: l.batches,
       wakes: l.wakes,
+      lostWakes: Atomics.load(l.sqh, SQ.LOST_WAKES),
       errors: l.errors,
       alive: l.alive
     }))
-    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'wakes' | 'errors'): number =>
+    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'wakes' | 'lostWakes' | 'errors'): number =>
       workers.reduce((s, w) => s + w[k], 0)
     return {
       submitted: sum('submitted'),
@@ -807,6 +813,7 @@ export class EnginePool {
       inflight: sum('inflight'),
       batches: sum('batches'),
       wakes: sum('wakes'),
+      lostWakes: sum('lostWakes'),
       errors: sum('errors'),
       workers
     }

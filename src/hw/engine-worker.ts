@@ -34,6 +34,16 @@ interface SgArrays { addrs: number[], lens: number[] }
  * after this long, so a waiter (waitJob, an mmu notifier) is not held by later work.
  */
 const NOTIFY_AFTER_MS = 1
+/**
+ * An engine sleeps at most this long before it looks at its ring again. The publish that
+ * finds it asleep wakes it, and nothing else should be needed; but once, after 1.1
+ * million jobs, a benchmark's engine stayed asleep with 128 jobs published to it and its
+ * SLEEPING word already taken back to 0 by the publish, whose notify never reached it
+ * (glibc 2.36 here; its condition variables, under V8's Atomics.wait, had such a bug,
+ * sourceware 25847). A lost wake-up now costs this long, not the device; LOST_WAKES
+ * counts them.
+ */
+const SLEEP_SLICE_MS = 100
 /** how often a polling engine looks at how many threads the machine has runnable */
 const CONTENTION_CHECK_MS = 0.2
 /**
@@ -169,8 +179,9 @@ function main (data: EngineWorkerData): void {
         // sleeping one costs the main thread (bench/RESULTS.md, ninth session).
         if (pollMs > 0 && mayPoll(performance.now())) continue
         Atomics.store(sqh, SQ.SLEEPING, 1)
-        Atomics.wait(sqh, SQ.DOORBELL, bell)
+        const woke = Atomics.wait(sqh, SQ.DOORBELL, bell, SLEEP_SLICE_MS)
         Atomics.store(sqh, SQ.SLEEPING, 0)
+        if (woke === 'timed-out' && Atomics.load(sqh, SQ.TAIL) !== head) Atomics.add(sqh, SQ.LOST_WAKES, 1)
         continue
       }
       let announced = performance.now()

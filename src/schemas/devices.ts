@@ -53,6 +53,7 @@ const EngineCounts = {
   inflight: Count,
   batches: { ...Count, description: 'submissions published to the engine: one doorbell each' },
   wakes: { ...Count, description: 'publishes that found the engine asleep and woke it (a futex wake, the costly part of a publish)' },
+  lostWakes: { ...Count, description: 'wake-ups that never reached a sleeping engine: it found its work when its sleep timed out (at most 100 ms late)' },
   errors: { ...Count, description: 'jobs an engine failed on' }
 }
 

@@ -413,3 +413,24 @@ t.test('without pollUs, work spreads by load from the first job', async t => {
   t.equal(pool.waitJob(7)?.status, Status.SUCCESS)
   t.equal(pool.waitJob(6)?.status, Status.SUCCESS)
 })
+
+t.test('a wake-up that never reaches a sleeping engine costs a sleep slice, not the job', async t => {
+  const pool = new EnginePool({ mem, workers: 1 })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  await until(() => pool.sleeping(0))
+  t.ok(pool.sleeping(0))
+  // the publish takes SLEEPING from 1 to 0 and notifies; here the notify is lost, as it was once
+  const notify = Atomics.notify
+  Atomics.notify = () => 0
+  try {
+    t.equal(pool.submit(crcJob(1, sgOf(inFrames, 0, 100), 100)), 1)
+  } finally {
+    Atomics.notify = notify
+  }
+  t.equal(pool.stats().wakes, 1, 'the publish believed it woke the engine')
+  const r = pool.waitJob(1, 10_000)
+  t.equal(r?.status, Status.SUCCESS, 'the engine found the job when its sleep timed out')
+  t.equal(r?.value, crc32Js(input.subarray(0, 100)))
+  t.equal(pool.stats().lostWakes, 1)
+})
