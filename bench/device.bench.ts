@@ -98,11 +98,14 @@ async function deviceRate (opcode: number, batch: number): Promise<number> {
   return rate
 }
 
-/** The bare ring handoff: empty jobs through the same rings to the same number of workers. */
+/**
+ * The bare ring handoff: empty jobs through the same rings to the same number of workers,
+ * polling as the device's engines do, so that the ratio is the device's own work.
+ */
 async function bareRate (batch: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 16 * 2 ** 20 })
   const loop = new ClosedLoop()
-  const pool = new EnginePool({ mem: k.mem, workers: ENGINES, onComplete: loop.complete })
+  const pool = new EnginePool({ mem: k.mem, workers: ENGINES, pollUs: config().pollUs, onComplete: loop.complete })
   await pool.ready()
   const args = new Uint8Array(16)
   const empty = { addrs: [], lens: [] }

@@ -53,7 +53,7 @@ const EngineCounts = {
   inflight: Count,
   batches: { ...Count, description: 'submissions published to the engine: one doorbell each' },
   wakes: { ...Count, description: 'publishes that found the engine asleep and woke it (a futex wake, the costly part of a publish)' },
-  lostWakes: { ...Count, description: 'wake-ups that never reached a sleeping engine: it found its work when its sleep timed out (at most 100 ms late)' },
+  lostWakes: { ...Count, description: 'sleeps that ended by their 100 ms timeout with work already published: a wake-up that did not reach the engine (or a publish just as the sleep ended)' },
   errors: { ...Count, description: 'jobs an engine failed on' }
 }
 
