@@ -11,7 +11,7 @@ import { parentPort, workerData } from 'node:worker_threads'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 
-const { op, size, seconds, warmSeconds, buffers } = workerData as { op: string, size: number, seconds: number, warmSeconds: number, buffers: number }
+const { op, size, seconds, warmSeconds, windowMs, buffers } = workerData as { op: string, size: number, seconds: number, warmSeconds: number, windowMs?: number, buffers: number }
 const inputs = Array.from({ length: buffers }, () => crypto.randomBytes(size))
 const outputs = Array.from({ length: buffers }, () => Buffer.alloc(size + 1024))
 const key = crypto.randomBytes(32)
@@ -33,8 +33,20 @@ const warmUntil = performance.now() + warmSeconds * 1000
 while (performance.now() < warmUntil) run(ops++)
 ops = 0
 const t0 = performance.now()
+// with windowMs: bytes per second in each window from the start (the ramp)
+const windows: number[] = []
+let from = t0
+let base = 0
 while (performance.now() - t0 < seconds * 1000) {
   run(ops)
   ops++
+  if (windowMs !== undefined) {
+    const now = performance.now()
+    if (now - from >= windowMs) {
+      windows.push((ops - base) * size / ((now - from) / 1000))
+      from = now
+      base = ops
+    }
+  }
 }
-parentPort?.postMessage({ ops, seconds: (performance.now() - t0) / 1000 })
+parentPort?.postMessage({ ops, seconds: (performance.now() - t0) / 1000, windows })

@@ -58,6 +58,25 @@ class ClosedLoop {
       await new Promise<void>(resolve => { this.#wake = resolve })
     }
   }
+
+  /** Completions per second in each `windowMs` from the start, cold, for `totalMs`. */
+  async windows (fill: () => void, totalMs: number, windowMs: number): Promise<number[]> {
+    const out: number[] = []
+    let from = performance.now()
+    const end = from + totalMs
+    let base = this.done
+    for (;;) {
+      const now = performance.now()
+      if (now - from >= windowMs) {
+        out.push((this.done - base) / ((now - from) / 1000))
+        from = now
+        base = this.done
+      }
+      if (now >= end) return out
+      fill()
+      await new Promise<void>(resolve => { this.#wake = resolve })
+    }
+  }
 }
 
 function config (): DeviceConfig {
@@ -128,8 +147,13 @@ function slotsFor (size: number): number {
   return Math.max(8, Math.min(128, Math.floor(4 * 2 ** 20 / size)))
 }
 
-/** Bytes per second of `op` on `size`-byte buffers through the device's engines. */
-async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number): Promise<number> {
+type EngineOp = 'sha256' | 'deflate' | 'aes'
+
+/**
+ * A device, and a process whose `slotsFor(size)` buffers `op` works on; `fill` keeps every
+ * slot's descriptor in flight, `loop` hears each completion.
+ */
+async function engineRig (op: EngineOp, size: number, loop: ClosedLoop): Promise<{ fill: () => void, close: () => Promise<void> }> {
   const k = new Kernel({ physMemBytes: 256 * 2 ** 20 })
   const dev = new AccelDevice(config(), k.iommu)
   await dev.pool.ready()
@@ -160,29 +184,68 @@ async function engineThroughput (op: 'sha256' | 'deflate' | 'aes', size: number)
     }
     writeDescriptor(descs, i * DESC_SIZE, makeDescriptor({ opcode, src, dst, size, dstSize: span, opArgs }))
   }
-  const loop = new ClosedLoop()
   const port = q.attach(pasid.value, pasid.value, { completion: loop.complete })
   let submitted = 0
-  const rate = await loop.run(() => {
-    while (submitted - loop.done < slots) submitted += port.submit(descs, ((submitted % slots) * DESC_SIZE), 1)
-  })
-  await dev.close()
+  return {
+    fill: () => {
+      while (submitted - loop.done < slots) submitted += port.submit(descs, ((submitted % slots) * DESC_SIZE), 1)
+    },
+    close: async () => await dev.close()
+  }
+}
+
+/** Bytes per second of `op` on `size`-byte buffers through the device's engines. */
+async function engineThroughput (op: EngineOp, size: number): Promise<number> {
+  const loop = new ClosedLoop()
+  const rig = await engineRig(op, size, loop)
+  const rate = await loop.run(rig.fill)
+  await rig.close()
   return rate * size
 }
 
-async function bareThroughput (op: string, size: number): Promise<number> {
+interface BareResult { ops: number, seconds: number, windows?: number[] }
+
+/** The bare workers' results: timed after WARM_SECONDS, or from cold in windows of `windowMs`. */
+async function bareWorkers (op: string, size: number, seconds: number, windowMs?: number): Promise<BareResult[]> {
   const here = fileURLToPath(import.meta.url)
   const entry = new URL('./bare-worker' + extname(here), import.meta.url)
   // each worker its share of the distinct buffers the device cycles through
-  const workerData = { op, size, seconds: SECONDS, warmSeconds: WARM_SECONDS, buffers: Math.ceil(slotsFor(size) / ENGINES) }
-  const results = await Promise.all(Array.from({ length: ENGINES }, async () => await new Promise<{ ops: number, seconds: number }>((resolve, reject) => {
+  const workerData = { op, size, seconds, warmSeconds: windowMs === undefined ? WARM_SECONDS : 0, windowMs, buffers: Math.ceil(slotsFor(size) / ENGINES) }
+  return await Promise.all(Array.from({ length: ENGINES }, async () => await new Promise<BareResult>((resolve, reject) => {
     const w = extname(here) === '.ts'
       ? new Worker(`import('tsx/esm/api').then(a => { a.register(); return import(${JSON.stringify(entry.href)}) })`, { eval: true, workerData })
       : new Worker(entry, { workerData })
     w.once('message', resolve)
     w.once('error', reject)
   })))
+}
+
+async function bareThroughput (op: string, size: number): Promise<number> {
+  const results = await bareWorkers(op, size, SECONDS)
   return results.reduce((s, r) => s + r.ops * size / r.seconds, 0)
+}
+
+const RAMP_MS = 4000
+const RAMP_WINDOW_MS = 200
+
+/**
+ * `npm run bench -- ramp`: bytes per second in 200 ms windows from a cold start, device
+ * and bare, for the cases whose warm-up WARM_SECONDS has to cover (bench/RESULTS.md).
+ */
+export async function benchRamp (): Promise<string[]> {
+  const out: string[] = []
+  const mb = (xs: number[]): string => xs.map(x => (x / 1e6).toFixed(0)).join(' ')
+  for (const [op, size] of [['sha256', 4096], ['aes', 4096], ['deflate', 4096], ['aes', 2 ** 20]] as const) {
+    const loop = new ClosedLoop()
+    const rig = await engineRig(op, size, loop)
+    const device = (await loop.windows(rig.fill, RAMP_MS, RAMP_WINDOW_MS)).map(x => x * size)
+    await rig.close()
+    const workers = await bareWorkers(op, size, RAMP_MS / 1000, RAMP_WINDOW_MS)
+    const n = Math.min(...workers.map(w => w.windows?.length ?? 0))
+    const bare = Array.from({ length: n }, (_, i) => workers.reduce((s, w) => s + (w.windows?.[i] ?? 0), 0))
+    out.push(`| ${op} ${size >= 2 ** 20 ? '1 MiB' : `${size / 1024} KiB`}, MB/s a window | device: ${mb(device)} | bare: ${mb(bare)} |`)
+  }
+  return out
 }
 
 export async function benchDevice (): Promise<string[]> {
