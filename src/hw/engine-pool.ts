@@ -122,8 +122,9 @@ export interface EnginePoolOptions {
   ringStart?: number
   /**
    * Microseconds engine 0 keeps polling its ring after its last job before it sleeps
-   * (default 0: every engine sleeps as soon as its ring is empty). While it polls, the
-   * pool gives it the work (up to POLL_LANE_LOAD) and a publish needs no futex wake.
+   * (default 0: every engine sleeps as soon as its ring is empty). With it, the pool gives
+   * engine 0 the work first (up to POLL_LANE_LOAD); while it polls, a publish to it needs
+   * no futex wake.
    */
   pollUs?: number
   /**

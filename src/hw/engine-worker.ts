@@ -143,14 +143,15 @@ function main (data: EngineWorkerData): void {
    * than cores, check after check, and it sleeps instead, polling again no sooner than
    * the backoff.
    */
-  const loadavg = pollMs > 0 && !data.pollContended ? openLoadavg() : -1
+  const pollContended = data.pollContended
+  const loadavg = pollMs > 0 && !pollContended ? openLoadavg() : -1
   const cores = availableParallelism()
   let checkedAt = -Infinity
   let contended = 0
   let backoffUntil = -Infinity
   const mayPoll = (now: number): boolean => {
     if (now - lastWork >= pollMs || !peersAsleep()) return false
-    if (data.pollContended) return true
+    if (pollContended) return true
     if (loadavg < 0 || now < backoffUntil) return false
     if (now - checkedAt < CONTENTION_CHECK_MS) return true
     checkedAt = now
