@@ -195,6 +195,7 @@ export class AccelDevice implements QueueHost {
     q.enqueue(e)
     if (!q.busy) {
       q.busy = true
+      q.credit = q.priority
       this.#busy.push(q)
     }
   }
@@ -281,7 +282,17 @@ export class AccelDevice implements QueueHost {
       if (q.credit > 0) {
         const e = q.take()
         if (e !== undefined) {
-          q.credit--
+          if (q.pending === 0) {
+            // emptied: off the list now rather than on the next visit
+            q.busy = false
+            q.credit = q.priority
+            busy.splice(this.#rr, 1)
+          } else if (--q.credit <= 0) {
+            // The round's last credit spent: refilled now and the next queue's turn, so
+            // the next call starts at the queue it takes from, not one step before it.
+            q.credit = q.priority
+            this.#rr++
+          }
           return e
         }
       }

@@ -133,7 +133,16 @@ interface Lane {
   head: number
   credit: number
   weight: number
+  /** in the round-robin order (it has entries waiting) */
+  queued: boolean
 }
+
+/**
+ * Up to this many contexts keep their lane (its object and its array) while they have
+ * nothing waiting: a tenant whose doorbell writes drain between round trips would
+ * otherwise make a new lane, and add it to the map, for every write.
+ */
+const KEEP_IDLE_LANES = 64
 
 export interface QueueCounters {
   submitted: number
@@ -281,12 +290,16 @@ export class HwQueue {
     let lane = this.#lastLane
     if (lane === undefined || lane.ctx !== e.ctx) lane = this.#lanes.get(e.ctx)
     if (lane === undefined) {
-      lane = { ctx: e.ctx, items: [], head: 0, credit: 0, weight: e.port.weight }
+      lane = { ctx: e.ctx, items: [], head: 0, credit: 0, weight: e.port.weight, queued: false }
       this.#lanes.set(e.ctx, lane)
-      this.#order.push(lane)
     }
     this.#lastLane = lane
     lane.weight = e.port.weight
+    if (!lane.queued) {
+      lane.queued = true
+      lane.credit = lane.weight
+      this.#order.push(lane)
+    }
     lane.items.push(e)
     this.#pending++
   }
@@ -309,16 +322,10 @@ export class HwQueue {
    */
   take (): Entry | undefined {
     if (this.#pending === 0) return undefined
-    const n = this.#order.length
-    for (let scanned = 0; scanned < 2 * n; scanned++) {
-      if (this.#cursor >= this.#order.length) this.#cursor = 0
-      const lane = this.#order[this.#cursor]
-      if (lane.head >= lane.items.length) {
-        this.#order.splice(this.#cursor, 1)
-        this.#lanes.delete(lane.ctx)
-        if (this.#lastLane === lane) this.#lastLane = undefined
-        continue
-      }
+    const order = this.#order
+    for (let scanned = 0, n = order.length; scanned < 2 * n; scanned++) {
+      if (this.#cursor >= order.length) this.#cursor = 0
+      const lane = order[this.#cursor]
       if (lane.credit <= 0) {
         lane.credit = lane.weight
         this.#cursor++
@@ -330,15 +337,39 @@ export class HwQueue {
         continue
       }
       lane.items[lane.head++] = undefined as unknown as Entry
-      if (lane.head > 64 && lane.head * 2 > lane.items.length) {
-        lane.items = lane.items.slice(lane.head)
-        lane.head = 0
-      }
-      lane.credit--
       this.#pending--
+      if (lane.head === lane.items.length) {
+        // Drained: out of the order at once, so no later take visits it empty.
+        this.#idle(lane)
+      } else {
+        if (lane.head > 64 && lane.head * 2 > lane.items.length) {
+          lane.items = lane.items.slice(lane.head)
+          lane.head = 0
+        }
+        // The round's last credit spent: refilled now, and the next lane's turn, so the
+        // next take starts where it takes rather than stepping past this one first.
+        if (--lane.credit <= 0) {
+          lane.credit = lane.weight
+          this.#cursor++
+        }
+      }
       return e
     }
     return undefined
+  }
+
+  /** A lane with nothing waiting leaves the order; kept for reuse unless there are many. */
+  #idle (lane: Lane): void {
+    const order = this.#order
+    const at = order[this.#cursor] === lane ? this.#cursor : order.indexOf(lane)
+    order.splice(at, 1)
+    lane.queued = false
+    lane.items.length = 0
+    lane.head = 0
+    if (this.#lanes.size > KEEP_IDLE_LANES) {
+      this.#lanes.delete(lane.ctx)
+      if (this.#lastLane === lane) this.#lastLane = undefined
+    }
   }
 
   /** Removes and answers every entry not yet started (for a reset or a release). */
@@ -346,6 +377,7 @@ export class HwQueue {
     const out: Entry[] = []
     for (const lane of this.#order) {
       for (let i = lane.head; i < lane.items.length; i++) out.push(lane.items[i])
+      lane.queued = false
     }
     this.#order.length = 0
     this.#lanes.clear()

@@ -289,7 +289,8 @@ t.test('the arbiter serves queues with work by priority, and skips the idle ones
   t.equal(ports[2].submit(noops(3), 0, 3), 3)
   while (order.length < 9 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
   t.equal(order.length, 9)
-  t.equal(order.slice(0, 7).filter(q => q === 1).length, 5, 'five of queue 1 for each of queue 2, from wherever the round was')
+  // wherever the round was, its first six are five of queue 1 and one of queue 2 (1111121 or 2111112)
+  t.equal(order.slice(0, 6).filter(q => q === 1).length, 5, 'five of queue 1 for each of queue 2, from wherever the round was')
   t.ok(order.slice(0, 7).join('').includes('11111'), 'the five in a row')
 })
 
