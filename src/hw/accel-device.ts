@@ -395,10 +395,12 @@ export class AccelDevice implements QueueHost {
   #run (e: Entry, job: DeviceJob, jobs: DeviceJob[]): void {
     job.id = this.#freeJobs.length > 0 ? this.#freeJobs.pop() as number : this.#jobs.length
     e.state = 'running'
-    const access = e.access as DeviceAccess
-    access.state = 'running'
-    access.job = job.id
-    access.wait = this.#waitAccess
+    const access = e.access
+    if (access !== undefined) {
+      access.state = 'running'
+      access.job = job.id
+      access.wait = this.#waitAccess
+    }
     e.job = job.id
     e.jobBytes = job.size
     this.#jobs[job.id] = e
@@ -415,13 +417,14 @@ export class AccelDevice implements QueueHost {
   #translate (e: Entry): DeviceJob | undefined | 'async' {
     const d = e.desc
     this.#releaseAccess(e)
-    const access = this.iommu.beginAccess(e.ctx)
-    e.access = access
     e.srcFault = undefined
     e.dstFaultCode = 0
     const job = this.#takeJob(d)
     const opcode = job.opcode
+    // A NOOP reaches no memory: nothing for an invalidation to wait for, so no access.
     if (opcode === Opcode.NOOP) return job
+    const access = this.iommu.beginAccess(e.ctx)
+    e.access = access
     const blocking = (job.flags & Flag.BLOCK_ON_FAULT) !== 0
     // Streaming ops run the prefix before a source fault; the others need all their input.
     const streaming = opcode === Opcode.MEMMOVE || opcode === Opcode.COMPARE || opcode === Opcode.CRC32
