@@ -124,18 +124,30 @@ async function deviceRate (opcode: number, batch: number): Promise<number> {
 async function bareRate (batch: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 16 * 2 ** 20 })
   const loop = new ClosedLoop()
-  const pool = new EnginePool({ mem: k.mem, workers: ENGINES, pollUs: config().pollUs, onComplete: loop.complete })
+  // job ids are slots, reused the last freed first, as the device numbers its jobs
+  const free: number[] = []
+  let slots = 0
+  const pool = new EnginePool({
+    mem: k.mem,
+    workers: ENGINES,
+    pollUs: config().pollUs,
+    onComplete: (id) => {
+      free.push(id)
+      loop.complete()
+    }
+  })
   await pool.ready()
   const args = new Uint8Array(16)
   const empty = { addrs: [], lens: [] }
-  let id = 1
   const window = Math.max(batch * 4, 256)
   let submitted = 0
   const rate = await loop.run(() => {
     while (submitted - loop.done + batch <= window) {
       const jobs: PoolJob[] = []
-      for (let i = 0; i < batch; i++) jobs.push({ id: id++, opcode: Opcode.NOOP, flags: 0, size: 0, dstSize: 0, args, src: empty, dst: empty })
-      submitted += pool.submit(jobs)
+      for (let i = 0; i < batch; i++) jobs.push({ id: free.pop() ?? slots++, opcode: Opcode.NOOP, flags: 0, size: 0, dstSize: 0, args, src: empty, dst: empty })
+      const n = pool.submit(jobs)
+      for (let i = n; i < jobs.length; i++) free.push(jobs[i].id)
+      submitted += n
     }
   })
   await pool.close()

@@ -45,3 +45,30 @@ t.test('deleting inside a cluster keeps the keys behind it reachable', async t =
   t.equal(m.size, 3)
   t.notOk(m.delete(0), 'a deleted id is gone')
 })
+
+t.test('ids under the dense bound and ids past it answer as a Map does, side by side', async t => {
+  // a dense bound of 24: ids 0-23 take the direct array, the rest (and fractions) the table
+  const mixedArb = fc.oneof(fc.nat(40), fc.constantFrom(0.5, 23, 24, 2 ** 32 + 1, Number.MAX_SAFE_INTEGER))
+  const opArb = fc.oneof(
+    fc.record({ op: fc.constant('set' as const), id: mixedArb, v: fc.integer({ min: -2, max: 7 }) }),
+    fc.record({ op: fc.constant('delete' as const), id: mixedArb }),
+    fc.record({ op: fc.constant('get' as const), id: mixedArb })
+  )
+  fc.assert(fc.property(fc.array(opArb, { maxLength: 200 }), ops => {
+    const m = new IdMap(16, 24)
+    const model = new Map<number, number>()
+    for (const o of ops) {
+      if (o.op === 'set') {
+        m.set(o.id, o.v)
+        model.set(o.id, o.v)
+      } else if (o.op === 'delete') {
+        if (m.delete(o.id) !== model.delete(o.id)) return false
+      }
+      if (m.size !== model.size) return false
+      for (const [id, v] of model) if (m.get(id) !== v || !m.has(id)) return false
+      if (o.op === 'get' && !model.has(o.id) && (m.get(o.id) !== -1 || m.has(o.id))) return false
+    }
+    return true
+  }), { numRuns: 200 })
+  t.pass('200 runs agree with a Map, values down to RESERVED (-2) included')
+})
