@@ -552,6 +552,15 @@ export class EnginePool {
     return Atomics.load(lane.sqh, SQ.SLEEPING) === 1
   }
 
+  /**
+   * Is the polling engine (engine 0, with pollUs) awake, so that work published to it now
+   * costs no futex wake? False without polling.
+   */
+  get pollerAwake (): boolean {
+    const p = this.#poller
+    return p !== undefined && p.alive && Atomics.load(p.sqh, SQ.SLEEPING) === 0
+  }
+
   /** Is this job submitted and not yet delivered to onComplete? */
   has (jobId: number): boolean {
     return this.#where.has(jobId)

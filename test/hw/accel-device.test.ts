@@ -267,9 +267,11 @@ t.test('an address of 2**53 or more faults with the exact value the tenant wrote
 
 t.test('the arbiter serves queues with work by priority, and skips the idle ones', async t => {
   // One engine runs jobs in the order the arbiter started them, so the completion order
-  // is the arbiter's. Queues 0 and 2 have work (priorities 3 and 1), queue 1 none.
+  // is the arbiter's. Queues 0 and 2 have work (priorities 3 and 1), queue 1 none. The
+  // engine does not poll: an awake one would take queue 0's writes before queue 2's came.
   const rig = new Rig(deviceConfig({
     engines: 1,
+    pollUs: 0,
     queues: [{ mode: 'dedicated', depth: 64, priority: 3 }, { mode: 'dedicated', depth: 64, priority: 5 }, { mode: 'dedicated', depth: 64, priority: 1 }]
   }))
   t.teardown(() => rig.close())
@@ -294,11 +296,11 @@ t.test('the arbiter serves queues with work by priority, and skips the idle ones
   t.ok(order.slice(0, 7).join('').includes('11111'), 'the five in a row')
 })
 
-t.test('doorbell writes from separate callbacks of one event-loop turn reach the engine as one publish', async t => {
-  // Between two sockets' callbacks Node runs the microtask queue; the arbiter must wait
-  // for the turn, not the callback, or each request of the mediated path costs a publish
-  // (and often a futex wake of a sleeping engine).
-  const rig = new Rig(deviceConfig({ engines: 1, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }] }))
+t.test('doorbell writes from separate callbacks of one event-loop turn reach a sleeping engine as one publish', async t => {
+  // Between two sockets' callbacks Node runs the microtask queue; with the engine asleep
+  // the arbiter must wait for the turn, not the callback, or each request of the mediated
+  // path costs a publish and often a futex wake.
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }] }))
   t.teardown(() => rig.close())
   await rig.dev.pool.ready()
   const cs = rig.dev.queues.map(q => rig.collector(q))
@@ -310,6 +312,26 @@ t.test('doorbell writes from separate callbacks of one event-loop turn reach the
   for (const c of cs) await c.waitFor(2)
   t.equal(rig.dev.pool.stats().batches - before, 1, 'one publish for the three writes')
   t.ok(cs.every(c => c.completions.get(1n)?.[0].status === Status.SUCCESS && c.completions.get(2n)?.[0].status === Status.SUCCESS))
+})
+
+t.test('a doorbell write reaches a polling engine that is awake at once', async t => {
+  // Awake, the engine costs nothing to hand work to, and the write's descriptors are still
+  // in the CPU's cache. (Asleep, the turn's writes go together: the test above.)
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 60_000_000 }), 8192, { pollContended: true })
+  t.teardown(() => rig.close())
+  await rig.dev.pool.ready()
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  t.equal(c.port.submit(encode([{ opcode: Opcode.NOOP, tag: 1n }]), 0, 1), 1)
+  await c.waitFor(1)
+  // it polls for a minute after its job
+  t.ok(rig.dev.pool.pollerAwake, 'polling after its job')
+  const before = rig.dev.pool.stats().submitted
+  t.equal(c.port.submit(encode([{ opcode: Opcode.NOOP, tag: 2n }, { opcode: Opcode.NOOP, tag: 3n }]), 0, 2), 2)
+  t.equal(rig.dev.pool.stats().submitted, before + 2, 'both in the engine before the write returns')
+  await c.waitFor(3)
+  t.ok([1n, 2n, 3n].every(tag => c.completions.get(tag)?.[0].status === Status.SUCCESS))
 })
 
 t.test('big jobs wait in their queue past a budget of bytes: another queue\'s descriptor is not stuck behind them', async t => {

@@ -27,9 +27,9 @@ export class Rig {
   readonly p: Process
   readonly pasid: number
 
-  constructor (config: DeviceConfig = deviceConfig(), pages = 8192) {
+  constructor (config: DeviceConfig = deviceConfig(), pages = 8192, pool: { pollContended?: boolean } = {}) {
     this.kernel = new Kernel({ physMemBytes: pages * P })
-    this.dev = new AccelDevice(config, this.kernel.iommu)
+    this.dev = new AccelDevice(config, this.kernel.iommu, pool)
     this.p = this.kernel.createProcess('t')
     const r = this.kernel.bindPasid(this.p)
     if (!r.ok) throw new Error(r.message)
