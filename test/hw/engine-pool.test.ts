@@ -344,8 +344,15 @@ t.test('a polling engine takes short work, and is published to without a wake wh
   t.equal(pool.submit(heavy(20_000, 120)), 120)
   t.ok(pool.stats().workers[1].submitted > 0, 'heavy work spreads to engine 1')
   await until(() => done === 48 + 170)
+  // small jobs (1 KiB and under) stay on it past POLL_LANE_LOAD, up to 1 MiB of load: one
+  // engine keeps up with them, and a second would only cost wakes. 600 of 100 bytes are
+  // 367 KiB of load, which spreading by load would have split.
+  const before = pool.stats().workers.map(w => w.submitted)
+  t.equal(pool.submit(small(30_000, 600)), 600)
+  t.same(pool.stats().workers.map((w, i) => w.submitted - before[i]), [600, 0], 'small jobs stay on the polling engine')
+  await until(() => done === 48 + 170 + 600)
   await pool.close()
-  t.equal(done, 48 + 170, 'every job completed SUCCESS')
+  t.equal(done, 48 + 170 + 600, 'every job completed SUCCESS')
 })
 
 /** Waits, up to 10 s, for `cond`; engines change state on their own threads. */
