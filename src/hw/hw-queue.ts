@@ -157,7 +157,8 @@ export interface QueueCounters {
 export interface QueueHost {
   /** `now`: performance.now() at the doorbell write, read once for all its descriptors */
   accept: (q: HwQueue, port: QueuePort, desc: Uint8Array, slot: number, token: unknown, now: number) => void
-  kick: () => void
+  /** `written`: how many descriptors the doorbell write just accepted */
+  kick: (written: number) => void
 }
 
 export class HwQueue {
@@ -249,7 +250,7 @@ export class HwQueue {
       port.lastRefusal = Status.RETRY
       this.counters.retries += count - n
     }
-    if (n > 0) this.host.kick()
+    if (n > 0) this.host.kick(n)
     return n
   }
 
