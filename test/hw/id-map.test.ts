@@ -10,29 +10,37 @@ const idArb = fc.oneof(
   fc.constantFrom(2 ** 52, 2 ** 52 + 1, Number.MAX_SAFE_INTEGER, 2 ** 33 + 5)
 )
 
-t.test('the engine pool\'s id map answers as a Map does, through growth and deletions', async t => {
-  const opArb = fc.oneof(
-    fc.record({ op: fc.constant('set' as const), id: idArb, v: fc.nat(7) }),
-    fc.record({ op: fc.constant('delete' as const), id: idArb }),
-    fc.record({ op: fc.constant('get' as const), id: idArb })
+type Op = { op: 'set', id: number, v: number } | { op: 'delete', id: number } | { op: 'get', id: number }
+
+/** Operations on `ids` with values from `values`, as fast-check arbitraries. */
+function opsOf (ids: fc.Arbitrary<number>, values: fc.Arbitrary<number>): fc.Arbitrary<Op> {
+  return fc.oneof(
+    fc.record({ op: fc.constant('set' as const), id: ids, v: values }),
+    fc.record({ op: fc.constant('delete' as const), id: ids }),
+    fc.record({ op: fc.constant('get' as const), id: ids })
   )
-  fc.assert(fc.property(fc.array(opArb, { maxLength: 300 }), ops => {
-    // 16 slots to start with: a few dozen ids make it grow, deletions wrap the table
-    const m = new IdMap(16)
-    const model = new Map<number, number>()
-    for (const o of ops) {
-      if (o.op === 'set') {
-        m.set(o.id, o.v)
-        model.set(o.id, o.v)
-      } else if (o.op === 'delete') {
-        if (m.delete(o.id) !== model.delete(o.id)) return false
-      }
-      if (m.size !== model.size) return false
-      for (const [id, v] of model) if (m.get(id) !== v || !m.has(id)) return false
-      if (o.op === 'get' && !model.has(o.id) && (m.get(o.id) !== -1 || m.has(o.id))) return false
+}
+
+/** Runs `ops` on `m` and on a Map alike: whether every answer, and the size after each, agree. */
+function agreesWithMap (m: IdMap, ops: Op[]): boolean {
+  const model = new Map<number, number>()
+  for (const o of ops) {
+    if (o.op === 'set') {
+      m.set(o.id, o.v)
+      model.set(o.id, o.v)
+    } else if (o.op === 'delete') {
+      if (m.delete(o.id) !== model.delete(o.id)) return false
     }
-    return true
-  }), { numRuns: 300 })
+    if (m.size !== model.size) return false
+    for (const [id, v] of model) if (m.get(id) !== v || !m.has(id)) return false
+    if (o.op === 'get' && !model.has(o.id) && (m.get(o.id) !== -1 || m.has(o.id))) return false
+  }
+  return true
+}
+
+t.test('the engine pool\'s id map answers as a Map does, through growth and deletions', async t => {
+  // 16 slots to start with: a few dozen ids make it grow, deletions wrap the table
+  fc.assert(fc.property(fc.array(opsOf(idArb, fc.nat(7)), { maxLength: 300 }), ops => agreesWithMap(new IdMap(16), ops)), { numRuns: 300 })
   t.pass('300 runs of up to 300 operations agree with a Map')
 })
 
@@ -49,26 +57,6 @@ t.test('deleting inside a cluster keeps the keys behind it reachable', async t =
 t.test('ids under the dense bound and ids past it answer as a Map does, side by side', async t => {
   // a dense bound of 24: ids 0-23 take the direct array, the rest (and fractions) the table
   const mixedArb = fc.oneof(fc.nat(40), fc.constantFrom(0.5, 23, 24, 2 ** 32 + 1, Number.MAX_SAFE_INTEGER))
-  const opArb = fc.oneof(
-    fc.record({ op: fc.constant('set' as const), id: mixedArb, v: fc.integer({ min: -2, max: 7 }) }),
-    fc.record({ op: fc.constant('delete' as const), id: mixedArb }),
-    fc.record({ op: fc.constant('get' as const), id: mixedArb })
-  )
-  fc.assert(fc.property(fc.array(opArb, { maxLength: 200 }), ops => {
-    const m = new IdMap(16, 24)
-    const model = new Map<number, number>()
-    for (const o of ops) {
-      if (o.op === 'set') {
-        m.set(o.id, o.v)
-        model.set(o.id, o.v)
-      } else if (o.op === 'delete') {
-        if (m.delete(o.id) !== model.delete(o.id)) return false
-      }
-      if (m.size !== model.size) return false
-      for (const [id, v] of model) if (m.get(id) !== v || !m.has(id)) return false
-      if (o.op === 'get' && !model.has(o.id) && (m.get(o.id) !== -1 || m.has(o.id))) return false
-    }
-    return true
-  }), { numRuns: 200 })
+  fc.assert(fc.property(fc.array(opsOf(mixedArb, fc.integer({ min: -2, max: 7 })), { maxLength: 200 }), ops => agreesWithMap(new IdMap(16, 24), ops)), { numRuns: 200 })
   t.pass('200 runs agree with a Map, values down to RESERVED (-2) included')
 })
