@@ -50,7 +50,8 @@ const KEEP_EMPTY_CTX_LISTS = 64
  * A doorbell write of at least this many descriptors runs the arbiter at once when the
  * polling engine is awake (kick). Smaller ones wait for the turn, with the others of
  * the turn: a pump and a publish for each single descriptor cost more than the cache
- * saves (batch-1 NOOPs fell from 1.40 M to 0.93 M a second, tenth session).
+ * saves (NOOPs written one at a time ran at 0.93 M a second in a full benchmark run,
+ * against 1.40 M in the ninth session's; tenth session).
  */
 const PUMP_NOW_MIN = 8
 /** page requests one descriptor may make before it is failed (a livelock guard) */

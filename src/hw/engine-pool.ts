@@ -206,16 +206,17 @@ const RESERVED = -2
 /** IdMap's dense values are stored this much up, so that 0 is none and RESERVED is 1 */
 const DENSE_BIAS = 1 - RESERVED
 /**
- * Job ids below this are indexed directly (IdMap): the device's job slots are, up to
- * 64 engines' worth of JOBS_PER_ENGINE and more; 64 KiB per pool.
+ * Job ids below this are indexed directly (IdMap): room for the device's job slots (256
+ * an engine, plus what page requests and batches start past that) on up to 64 engines;
+ * 64 KiB per pool. Ids past it still work, through the hash table.
  */
 const DENSE_IDS = 1 << 14
 
 /**
  * Job id to lane index (or RESERVED). Ids under `denseIds` are looked up directly in a
  * typed array: the device numbers its jobs by slot, small and reused, and three probes of
- * the hash table per job (reserve, place, retire) were a fifth of the main thread's time
- * per NOOP (a profile of 16 doorbell tenants, tenth session). Other ids go to open
+ * the hash table per job (reserve, place, retire) stood at the top of a line-level
+ * profile of 16 doorbell tenants (tenth session). Other ids go to open
  * addressing with linear probing over typed arrays; a Map there grew and shrank with every
  * burst of jobs (V8 shrinks a Map that falls under half full), rehashing each time.
  */
