@@ -64,6 +64,8 @@ export interface AppOptions {
   config: Config
   /** devices given in code (tests, benchmarks); otherwise WARPD_DEVICES_FILE, otherwise the built-in default */
   devices?: DeviceConfig[]
+  /** the CPUs a cgroup quota allows (tests); otherwise read from the process's cgroup */
+  cpuLimit?: number
   /** milliseconds, for the rate limiter; tests pass a fake clock */
   clock?: () => number
   /** the route table; ROUTES unless a test says otherwise */
@@ -243,7 +245,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(swaggerUi, { routePrefix: '/docs' })
 
   await fastify.register(kernelPlugin, opts)
-  await fastify.register(devicesPlugin, { devices: opts.devices })
+  await fastify.register(devicesPlugin, 'cpuLimit' in opts ? { devices: opts.devices, cpuLimit: opts.cpuLimit } : { devices: opts.devices })
   await fastify.register(metricsPlugin)
   await fastify.register(tenantsPlugin, opts)
 

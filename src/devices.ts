@@ -13,6 +13,7 @@ import { readFile } from 'node:fs/promises'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { Value } from '@sinclair/typebox/value'
+import { cpuLimit } from './cgroup.ts'
 import { DEFAULT_DEVICES, DevicesFileSchema, type DeviceConfig } from './hw/device-config.ts'
 import type { Process } from './kernel/process.ts'
 import { Uacce } from './kernel/uacce.ts'
@@ -28,7 +29,16 @@ declare module 'fastify' {
 export interface DevicesOptions {
   /** devices given in code (tests); otherwise the file, otherwise DEFAULT_DEVICES */
   devices?: DeviceConfig[]
+  /** the CPUs a cgroup quota allows (tests); otherwise read from the process's cgroup */
+  cpuLimit?: number
 }
+
+/**
+ * Under a CPU quota of less than this many CPUs the engines do not poll unless told to
+ * (WARPD_ENGINE_POLL_US): a polling engine and the main thread need a CPU each, and the
+ * poll would spend quota the main thread then waits for.
+ */
+export const POLL_MIN_CPUS = 2
 
 export class DevicesFileError extends Error {
   readonly file: string
@@ -130,7 +140,12 @@ export class InflightCounter {
 export const devicesPlugin = fp(async (fastify: FastifyInstance, opts: DevicesOptions) => {
   const file = fastify.config.WARPD_DEVICES_FILE
   const listed = opts.devices ?? (file === undefined ? structuredClone(DEFAULT_DEVICES) : await loadDevicesFile(file))
-  const pollUs = fastify.config.WARPD_ENGINE_POLL_US
+  let pollUs = fastify.config.WARPD_ENGINE_POLL_US
+  const quota = 'cpuLimit' in opts ? opts.cpuLimit : cpuLimit()
+  if (pollUs === undefined && quota !== undefined && quota < POLL_MIN_CPUS && listed.some(c => c.pollUs > 0)) {
+    pollUs = 0
+    fastify.log.warn({ cpuLimit: quota }, `a CPU quota of ${quota} CPUs: engine polling is off (WARPD_ENGINE_POLL_US overrides; README, "Engine polling")`)
+  }
   const configs = pollUs === undefined ? listed : listed.map(c => ({ ...c, pollUs }))
   const uacce = new Uacce(fastify.kernel, configs)
   fastify.decorate('uacce', uacce)

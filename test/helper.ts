@@ -26,7 +26,7 @@ export function tempStateDir (t: TestLike): string {
   return dir
 }
 
-export type BuildExtras = Pick<AppOptions, 'clock' | 'routes' | 'devices'>
+export type BuildExtras = Pick<AppOptions, 'clock' | 'routes' | 'devices' | 'cpuLimit'>
 
 /**
  * The built-in devices with one engine thread each: an engine thread takes a few hundred
@@ -51,7 +51,8 @@ export async function build (t: TestLike, overrides: Partial<Config> = {}, extra
   // `WARPD_ADMIN_TOKEN: undefined` in overrides means: let the server generate one.
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k]
   const devices = extras.devices ?? (overrides.WARPD_DEVICES_FILE === undefined ? testDevices() : undefined)
-  const app = await buildApp({ config: loadConfig(env), ...extras, devices })
+  // no CPU quota unless a test gives one: the machine's own cgroup must not change what tests see
+  const app = await buildApp({ config: loadConfig(env), cpuLimit: undefined, ...extras, devices })
   t.teardown(async () => await app.close())
   await app.ready()
   await app.lifecycle.settled

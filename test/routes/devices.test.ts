@@ -137,6 +137,18 @@ t.test('WARPD_ENGINE_POLL_US overrides every device\'s pollUs, whatever its file
   t.same(devices.map((d: { pollUs: number }) => d.pollUs), [0, 0])
 })
 
+t.test('under a CPU quota of less than two CPUs the engines do not poll, unless WARPD_ENGINE_POLL_US says so', async t => {
+  const pollUsOf = async (app: Awaited<ReturnType<typeof build>>): Promise<number[]> => {
+    const a = await createTenant(app)
+    const { devices } = (await app.inject({ method: 'GET', url: '/v1/devices', headers: a.headers })).json()
+    return devices.map((d: { pollUs: number }) => d.pollUs)
+  }
+  t.same(await pollUsOf(await build(t, {}, { cpuLimit: 1.5 })), [0, 0], '1.5 CPUs: polling off')
+  t.same(await pollUsOf(await build(t, {}, { cpuLimit: 2 })), [500, 500], 'two CPUs: as configured')
+  t.same(await pollUsOf(await build(t, {}, { cpuLimit: undefined })), [500, 500], 'no quota: as configured')
+  t.same(await pollUsOf(await build(t, { WARPD_ENGINE_POLL_US: 300 }, { cpuLimit: 0.5 })), [300, 300], 'the variable wins')
+})
+
 t.test('a bad devices file stops the start with the file and the bad path', async t => {
   const dir = tempStateDir(t)
   const cases: Array<[string, string, RegExp]> = [
