@@ -445,7 +445,10 @@ export class Iommu {
 
   /**
    * Translates [va, va+len) for an access, one page at a time, holding each frame, and
-   * refills `sg` with the physical segments of what translated (one per page). Answers
+   * refills `sg` with the physical segments of what translated, physically adjacent pages
+   * in one segment: a 1 MiB buffer in 256 segments cost the main thread two more passes
+   * over each at the engine ring (AES-256-GCM at 1 MiB, alternated runs: 78-80% of the
+   * bare rate with a segment a page, 81-88% merged; tenth session). Answers
    * the bytes translated before the first fault, whose code it leaves in `holdFault`
    * (0 when none): the device's front end calls this for every buffer of every
    * descriptor, and a result object and a frame list per call were garbage per buffer.
@@ -468,9 +471,14 @@ export class Iommu {
       a.addFrame(frame)
       const inPage = addr & (PAGE_SIZE - 1)
       const n = Math.min(PAGE_SIZE - inPage, len - done)
-      addrs[k] = frame * PAGE_SIZE + inPage
-      lens[k] = n
-      k++
+      const at = frame * PAGE_SIZE + inPage
+      if (k > 0 && addrs[k - 1] + lens[k - 1] === at) {
+        lens[k - 1] += n
+      } else {
+        addrs[k] = at
+        lens[k] = n
+        k++
+      }
       done += n
     }
     // a length store runs through V8's runtime even when nothing changes

@@ -92,13 +92,27 @@ t.test('a device access holds its frames; the notifier waits for a running one',
   const pasid = must(k.bindPasid(p))
   const tlb = k.iommu.createIotlb('dev0')
   const a = must(p.mm.mmap({ length: 2 * P, prot: RW, shared: false }))
-  must(p.mm.store(a, bytes(2 * P)))
+  // the two pages faulted in apart, with another mapping's page between them: their
+  // frames are not adjacent
+  must(p.mm.store(a, bytes(P)))
+  const between = must(p.mm.mmap({ length: P, prot: RW, shared: false }))
+  must(p.mm.store(between, bytes(P)))
+  must(p.mm.store(a + P, bytes(P)))
   const acc = k.iommu.beginAccess(pasid)
   const h = hold(k, tlb, acc, a + 10, P, true)
   t.same({ done: h.done, code: h.code }, { done: P, code: 0 })
   const frames = h.frames
   t.equal(frames.length, 2)
-  t.same(h.sg, { addrs: [frames[0] * P + 10, frames[1] * P], lens: [P - 10, 10] }, 'one segment per page, the first from the offset')
+  t.not(frames[1], frames[0] + 1, 'frames apart')
+  t.same(h.sg, { addrs: [frames[0] * P + 10, frames[1] * P], lens: [P - 10, 10] }, 'a segment per run of adjacent frames, the first from the offset')
+  // pages whose frames are adjacent make one segment
+  const c = must(p.mm.mmap({ length: 3 * P, prot: RW, shared: false }))
+  must(p.mm.store(c, bytes(3 * P)))
+  const other = k.iommu.beginAccess(pasid)
+  const run = hold(k, tlb, other, c + 5, 3 * P - 5, false)
+  t.same(run.frames, [run.frames[0], run.frames[0] + 1, run.frames[0] + 2], 'faulted in together: adjacent frames')
+  t.same(run.sg, { addrs: [run.frames[0] * P + 5], lens: [3 * P - 5] }, 'one segment for the run')
+  other.release()
   // The device is running: the notifier must wait for it before the frames go.
   acc.state = 'running'
   let waited = false
