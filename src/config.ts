@@ -24,7 +24,8 @@ export const ConfigSchema = Type.Object({
   WARPD_LOG_LEVEL: { ...LogLevel, default: 'info' },
   WARPD_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * MiB, default: 8 * MiB }),
   WARPD_RATE_LIMIT: Type.Integer({ minimum: 1, default: 1000, description: 'requests per second per tenant' }),
-  // A polling engine keeps a core busy; under a CPU quota of less than two cores, 0.
+  // A polling engine keeps a core busy. Unset, each device's pollUs holds, or 0 under a
+  // CPU quota of less than two CPUs (devices.ts); set, it wins either way.
   WARPD_ENGINE_POLL_US: Type.Optional(Type.Integer({ minimum: 0, maximum: 100000, description: 'overrides every device\'s pollUs' }))
 })
 

@@ -36,9 +36,10 @@ interface SgArrays { addrs: number[], lens: number[] }
 const NOTIFY_AFTER_MS = 1
 /**
  * An engine sleeps at most this long before it looks at its ring again. The publish that
- * finds it asleep wakes it, and nothing else should be needed; but once, after 1.1
- * million jobs, a benchmark's engine stayed asleep with 128 jobs published to it and its
- * SLEEPING word already taken back to 0 by the publish, whose notify never reached it
+ * finds it asleep wakes it, and nothing else should be needed; but once, 2.7 million
+ * jobs into a benchmark run (bench/RESULTS.md, ninth session), an engine stayed asleep
+ * with 128 jobs published to it and its SLEEPING word already taken back to 0 by the
+ * publish, whose notify never reached it
  * (glibc 2.36 here; its condition variables, under V8's Atomics.wait, had such a bug,
  * sourceware 25847). A lost wake-up now costs this long, not the device; LOST_WAKES
  * counts them.

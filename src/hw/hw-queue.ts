@@ -341,7 +341,7 @@ export class HwQueue {
       this.#pending--
       if (lane.head === lane.items.length) {
         // Drained: out of the order at once, so no later take visits it empty.
-        this.#idle(lane)
+        this.#idle(lane, this.#cursor)
       } else {
         if (lane.head > 64 && lane.head * 2 > lane.items.length) {
           lane.items = lane.items.slice(lane.head)
@@ -359,11 +359,9 @@ export class HwQueue {
     return undefined
   }
 
-  /** A lane with nothing waiting leaves the order; kept for reuse unless there are many. */
-  #idle (lane: Lane): void {
-    const order = this.#order
-    const at = order[this.#cursor] === lane ? this.#cursor : order.indexOf(lane)
-    order.splice(at, 1)
+  /** The lane at `at` in the order has nothing waiting: it leaves; kept for reuse unless there are many. */
+  #idle (lane: Lane, at: number): void {
+    this.#order.splice(at, 1)
     lane.queued = false
     lane.items.length = 0
     lane.head = 0
