@@ -4,7 +4,8 @@
  * 1, 32 and 256, against the bare shared-memory ring handoff to the same number of
  * workers (EnginePool with empty jobs). (2) SHA256, DEFLATE level 1 and AES-256-GCM
  * through the engines on 4 KiB, 64 KiB and 1 MiB buffers, against the same computation
- * run bare in the same number of worker threads.
+ * run bare in the same number of worker threads. The cases are exported for drivers
+ * that run one of them alone (bench/RESULTS.md describes those runs).
  */
 import { Worker } from 'node:worker_threads'
 import { extname } from 'node:path'
@@ -90,7 +91,7 @@ function config (): DeviceConfig {
 }
 
 /** Closed loop: keep `window` descriptors outstanding, `batch` per doorbell write. */
-async function deviceRate (opcode: number, batch: number): Promise<number> {
+export async function deviceRate (opcode: number, batch: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 64 * 2 ** 20 })
   const dev = new AccelDevice(config(), k.iommu)
   await dev.pool.ready()
@@ -121,7 +122,7 @@ async function deviceRate (opcode: number, batch: number): Promise<number> {
  * The bare ring handoff: empty jobs through the same rings to the same number of workers,
  * polling as the device's engines do, so that the ratio is the device's own work.
  */
-async function bareRate (batch: number): Promise<number> {
+export async function bareRate (batch: number): Promise<number> {
   const k = new Kernel({ physMemBytes: 16 * 2 ** 20 })
   const loop = new ClosedLoop()
   // job ids are slots, reused the last freed first, as the device numbers its jobs
@@ -207,7 +208,7 @@ async function engineRig (op: EngineOp, size: number, loop: ClosedLoop): Promise
 }
 
 /** Bytes per second of `op` on `size`-byte buffers through the device's engines. */
-async function engineThroughput (op: EngineOp, size: number): Promise<number> {
+export async function engineThroughput (op: EngineOp, size: number): Promise<number> {
   const loop = new ClosedLoop()
   const rig = await engineRig(op, size, loop)
   const rate = await loop.run(rig.fill)
@@ -232,7 +233,7 @@ async function bareWorkers (op: string, size: number, seconds: number, windowMs?
   })))
 }
 
-async function bareThroughput (op: string, size: number): Promise<number> {
+export async function bareThroughput (op: string, size: number): Promise<number> {
   const results = await bareWorkers(op, size, SECONDS)
   return results.reduce((s, r) => s + r.ops * size / r.seconds, 0)
 }

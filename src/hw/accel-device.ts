@@ -145,7 +145,7 @@ export class AccelDevice implements QueueHost {
   readonly maxJobBytes: number
 
   /** `pool`: engine pool options beyond the configuration's (tests: pollContended) */
-  constructor (config: DeviceConfig, iommu: Iommu, pool: Pick<EnginePoolOptions, 'pollContended'> = {}) {
+  constructor (config: DeviceConfig, iommu: Iommu, pool: Pick<EnginePoolOptions, 'pollContended' | 'nice'> = {}) {
     this.config = config
     this.iommu = iommu
     this.mem = iommu.mem

@@ -92,6 +92,16 @@ export const CE = {
 export const DEFAULT_RING_BYTES = 1 << 20
 export const DEFAULT_MAX_INFLIGHT = 4096
 const TWO_32 = 2 ** 32
+/**
+ * How much lower than the main thread the engines run, in nice steps (each about 1.25x
+ * less CPU share). The main thread feeds every engine and answers every tenant, and
+ * it ran second to them: on two cores with two engines busy it waited for a core for
+ * 9-13% of the time, the engines ran dry while it did, and SHA256 at 4 KiB went from
+ * 54% of the bare rate to 60%, AES-256-GCM from 48% to 70%, when they ran at 5
+ * (eleventh session, bench/RESULTS.md). A device's engines take no host CPU from the driver that feeds
+ * them; here they at least yield it.
+ */
+export const ENGINE_NICE = 5
 /** load a job adds beyond its bytes, so many tiny jobs still spread */
 const JOB_COST = 512
 /** how long waitJob sleeps before checking the worker is still alive */
@@ -143,6 +153,11 @@ export interface EnginePoolOptions {
    * the machine's other load cannot change what they see.
    */
   pollContended?: boolean
+  /**
+   * How far below the thread that creates the pool its engines run: each engine raises
+   * its own nice value by this much (default ENGINE_NICE; 0 leaves it).
+   */
+  nice?: number
 }
 
 export interface WorkerStats {
@@ -158,6 +173,8 @@ export interface WorkerStats {
   /** jobs the engine threw on (a caller bug), completed ABORTED */
   errors: number
   alive: boolean
+  /** the engine thread's nice value, as it read it back once started; null until then, or where the platform does not say */
+  nice: number | null
 }
 
 export interface PoolStats {
@@ -353,6 +370,7 @@ interface Lane {
   batches: number
   wakes: number
   errors: number
+  nice: number | null
 }
 
 function isPow2 (n: number): boolean {
@@ -479,6 +497,8 @@ export class EnginePool {
     const start = (opts.ringStart ?? 0) | 0
     const pollUs = opts.pollUs ?? 0
     if (!Number.isFinite(pollUs) || pollUs < 0) throw new RangeError('pollUs must be >= 0')
+    const nice = opts.nice ?? ENGINE_NICE
+    if (!Number.isInteger(nice) || nice < 0) throw new RangeError('nice must be an integer >= 0')
     const spawn = workerSpawner()
     const readies: Promise<void>[] = []
     const sqs = Array.from({ length: opts.workers }, () => new SharedArrayBuffer(RING_HEADER_BYTES + this.ringBytes))
@@ -491,7 +511,7 @@ export class EnginePool {
       sqh[SQ.HEAD] = sqh[SQ.TAIL] = cqh[CQ.TAIL] = cqh[CQ.HEAD] = start
       const pollMs = i === 0 ? pollUs / 1000 : 0
       const peers = pollMs > 0 ? sqs.filter((_, k) => k !== i) : []
-      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers, pollContended: opts.pollContended === true }, `engine-${i}`)
+      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers, pollContended: opts.pollContended === true, nice }, `engine-${i}`)
       const lane: Lane = {
         index: i,
         worker,
@@ -515,12 +535,14 @@ export class EnginePool {
         completed: 0,
         batches: 0,
         wakes: 0,
-        errors: 0
+        errors: 0,
+        nice: null
       }
       this.#lanes.push(lane)
       readies.push(new Promise((resolve, reject) => {
-        worker.on('message', (m: { type: string, id?: number, message?: string }) => {
+        worker.on('message', (m: { type: string, id?: number, message?: string, nice?: number }) => {
           if (m.type === 'ready') {
+            lane.nice = m.nice ?? null
             lane.ready = true
             this.#updateRef(lane)
             resolve()
@@ -862,7 +884,8 @@ export class EnginePool {
       wakes: l.wakes,
       lostWakes: Atomics.load(l.sqh, SQ.LOST_WAKES),
       errors: l.errors,
-      alive: l.alive
+      alive: l.alive,
+      nice: l.nice
     }))
     const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'wakes' | 'lostWakes' | 'errors'): number =>
       workers.reduce((s, w) => s + w[k], 0)

@@ -8,7 +8,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { closeSync, openSync, readSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, getPriority, setPriority } from 'node:os'
 import { Status } from './descriptor.ts'
 import { runOp, type EngineJob, type EngineResult, type Sg } from './engine-ops.ts'
 import { CE, CQ, RING_HEADER_BYTES, SE, SQ, WorkerState } from './engine-pool.ts'
@@ -24,6 +24,8 @@ interface EngineWorkerData {
   peers: SharedArrayBuffer[]
   /** poll whatever else the machine runs (EnginePoolOptions.pollContended) */
   pollContended: boolean
+  /** how much lower than the thread that started it this engine runs (EnginePoolOptions.nice) */
+  nice: number
 }
 
 const TWO_32 = 2 ** 32
@@ -87,7 +89,23 @@ function runnableThreads (fd: number): number {
   return v
 }
 
+/**
+ * Lowers this thread's priority by `delta` (its nice value up, at most 19), and answers
+ * the nice value it runs at; undefined where the platform does not say. On Linux,
+ * os.setPriority of pid 0 is the calling thread alone.
+ */
+function lowerPriority (delta: number): number | undefined {
+  try {
+    const now = getPriority()
+    if (delta > 0) setPriority(Math.min(19, now + delta))
+    return getPriority()
+  } catch {
+    return undefined
+  }
+}
+
 function main (data: EngineWorkerData): void {
+  const nice = lowerPriority(data.nice)
   const mem = new Uint8Array(data.mem)
   const sqh = new Int32Array(data.sq, 0, RING_HEADER_BYTES / 4)
   const sqd = new Uint32Array(data.sq, RING_HEADER_BYTES)
@@ -168,7 +186,7 @@ function main (data: EngineWorkerData): void {
   let head = Atomics.load(sqh, SQ.HEAD)
   let ctail = Atomics.load(cqh, CQ.TAIL)
   Atomics.store(sqh, SQ.STATE, WorkerState.RUNNING)
-  parentPort?.postMessage({ type: 'ready' })
+  parentPort?.postMessage({ type: 'ready', nice })
   try {
     for (;;) {
       // read the doorbell before the tail: a publish after this read also bumps it,

@@ -59,7 +59,11 @@ const EngineCounts = {
 
 export const EngineStats = Type.Object({
   ...EngineCounts,
-  workers: Type.Array(Type.Object({ ...EngineCounts, alive: Type.Boolean() }))
+  workers: Type.Array(Type.Object({
+    ...EngineCounts,
+    alive: Type.Boolean(),
+    nice: Type.Union([Type.Integer({ minimum: -20, maximum: 19 }), Type.Null()], { description: 'the engine thread\'s nice value: engines lower their own priority below the service\'s main thread (README, "Engine priority"); null before it has started, or where the platform does not say' })
+  }))
 }, { description: 'the engines (worker threads): jobs over shared-memory rings' })
 
 export const DeviceView = Type.Object({

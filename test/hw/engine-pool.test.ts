@@ -1,13 +1,13 @@
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { availableParallelism, getPriority } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { createHash, randomBytes } from 'node:crypto'
 import zlib from 'node:zlib'
 import { OP_ARGS_SIZE, Opcode, Status } from '../../src/hw/descriptor.ts'
 import { crc32Js, type EngineResult, type Sg } from '../../src/hw/engine-ops.ts'
-import { EnginePool, entryWords, type PoolJob } from '../../src/hw/engine-pool.ts'
+import { ENGINE_NICE, EnginePool, entryWords, type PoolJob } from '../../src/hw/engine-pool.ts'
 import { PAGE_SIZE, PhysMem } from '../../src/hw/phys-mem.ts'
 
 const mem = new PhysMem(32 << 20)
@@ -443,4 +443,30 @@ t.test('a wake-up that never reaches a sleeping engine costs a sleep slice, not 
   t.equal(r?.status, Status.SUCCESS, 'the engine found the job when its sleep timed out')
   t.equal(r?.value, crc32Js(input.subarray(0, 100)))
   t.equal(pool.stats().lostWakes, 1)
+})
+
+t.test('engines run below the priority of the thread that starts them', async t => {
+  const base = getPriority()
+  const pool = new EnginePool({ mem, workers: 2 })
+  const level = new EnginePool({ mem, workers: 1, nice: 0 })
+  t.teardown(async () => { await pool.close(); await level.close() })
+  t.same(pool.stats().workers.map(w => w.nice), [null, null], 'unknown until the engine has started')
+  await Promise.all([pool.ready(), level.ready()])
+  const want = Math.min(19, base + ENGINE_NICE)
+  t.same(pool.stats().workers.map(w => w.nice), [want, want], 'each engine reads back its own nice value')
+  t.same(level.stats().workers.map(w => w.nice), [base], 'nice: 0 leaves it')
+  t.equal(getPriority(), base, 'the main thread keeps its own')
+  if (existsSync('/proc/self/task')) {
+    // the kernel's word for it, not the engines': field 19 of each thread's stat
+    const nices = readdirSync('/proc/self/task').map(tid => {
+      try {
+        return Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16])
+      } catch {
+        return NaN // a thread that ended while this ran
+      }
+    })
+    t.equal(nices.filter(n => n === want).length, want === base ? 3 : 2, 'two threads run at the lower priority')
+  }
+  t.throws(() => new EnginePool({ mem, workers: 1, nice: -1 }), RangeError)
+  t.throws(() => new EnginePool({ mem, workers: 1, nice: 1.5 }), RangeError)
 })

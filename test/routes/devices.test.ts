@@ -1,9 +1,11 @@
 import { writeFile } from 'node:fs/promises'
+import { getPriority } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
 import { loadConfig } from '../../src/config.ts'
 import { loadDevicesFile } from '../../src/devices.ts'
+import { ENGINE_NICE } from '../../src/hw/engine-pool.ts'
 import { ADMIN_TOKEN, build, createTenant, problem, tempStateDir, testDevices } from '../helper.ts'
 
 t.test('the devices: UACCE attributes, hardware queues, IOTLB and engines', async t => {
@@ -31,6 +33,7 @@ t.test('the devices: UACCE attributes, hardware queues, IOTLB and engines', asyn
     iotlb: { hits: 0, misses: 0, entries: 0, capacity: 4096 },
     enginePool: { submitted: 0, completed: 0, inflight: 0, workers: [{ alive: true }] }
   })
+  t.equal(wd0.enginePool.workers[0].nice, Math.min(19, getPriority() + ENGINE_NICE), 'its engine runs below the main thread')
   t.ok(wd0.algorithms.includes('SHA256') && wd0.algorithms.includes('BATCH'))
   t.same(wd0.queues.map((q: { mode: string }) => q.mode), ['dedicated', 'dedicated', 'dedicated', 'dedicated', 'shared'])
   t.same(wd0.queues[0], {
