@@ -102,6 +102,8 @@ const TWO_32 = 2 ** 32
  * them; here they at least yield it.
  */
 export const ENGINE_NICE = 5
+/** EnginePoolOptions.notifyAfterMs */
+const NOTIFY_AFTER_MS = 1
 /** load a job adds beyond its bytes, so many tiny jobs still spread */
 const JOB_COST = 512
 /** how long waitJob sleeps before checking the worker is still alive */
@@ -158,6 +160,13 @@ export interface EnginePoolOptions {
    * its own nice value by this much (default ENGINE_NICE; 0 leaves it).
    */
   nice?: number
+  /**
+   * How long an engine runs a batch before it announces what it has done so far, and
+   * then again each time (default NOTIFY_AFTER_MS), so that a waiter (waitJob, an mmu
+   * notifier) is not held by later work. Tests set it long to see the halfway announce
+   * alone.
+   */
+  notifyAfterMs?: number
 }
 
 export interface WorkerStats {
@@ -499,6 +508,8 @@ export class EnginePool {
     if (!Number.isFinite(pollUs) || pollUs < 0) throw new RangeError('pollUs must be >= 0')
     const nice = opts.nice ?? ENGINE_NICE
     if (!Number.isInteger(nice) || nice < 0) throw new RangeError('nice must be an integer >= 0')
+    const notifyAfterMs = opts.notifyAfterMs ?? NOTIFY_AFTER_MS
+    if (!(notifyAfterMs > 0)) throw new RangeError('notifyAfterMs must be > 0')
     const spawn = workerSpawner()
     const readies: Promise<void>[] = []
     const sqs = Array.from({ length: opts.workers }, () => new SharedArrayBuffer(RING_HEADER_BYTES + this.ringBytes))
@@ -511,7 +522,7 @@ export class EnginePool {
       sqh[SQ.HEAD] = sqh[SQ.TAIL] = cqh[CQ.TAIL] = cqh[CQ.HEAD] = start
       const pollMs = i === 0 ? pollUs / 1000 : 0
       const peers = pollMs > 0 ? sqs.filter((_, k) => k !== i) : []
-      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers, pollContended: opts.pollContended === true, nice }, `engine-${i}`)
+      const worker = spawn({ mem, sq, cq, index: i, pollMs, peers, pollContended: opts.pollContended === true, nice, notifyAfterMs }, `engine-${i}`)
       const lane: Lane = {
         index: i,
         worker,

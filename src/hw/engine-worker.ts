@@ -2,7 +2,8 @@
  * One engine: a worker thread that sleeps on its submission ring's doorbell word, drains
  * every published entry, runs each through runOp on a view of physical memory, and
  * appends its result to the completion ring, notifying once per drained batch (and
- * along the way when the batch runs long). Ring layout and protocol: engine-pool.ts.
+ * halfway through a batch that runs long enough for that to matter, and every
+ * notifyAfterMs of a long one). Ring layout and protocol: engine-pool.ts.
  * The loop is synchronous by design: an engine never waits for the main thread, so the
  * main thread may block on it (waitJob).
  */
@@ -26,16 +27,22 @@ interface EngineWorkerData {
   pollContended: boolean
   /** how much lower than the thread that started it this engine runs (EnginePoolOptions.nice) */
   nice: number
+  /** EnginePoolOptions.notifyAfterMs */
+  notifyAfterMs: number
 }
 
 const TWO_32 = 2 ** 32
 /** an Sg this thread refills for each job */
 interface SgArrays { addrs: number[], lens: number[] }
 /**
- * A batch is announced once, at its end; but when it runs long, what is done is announced
- * after this long, so a waiter (waitJob, an mmu notifier) is not held by later work.
+ * A batch that has run this long also announces what is done once it is half through, so
+ * that the main thread refills the ring while this engine still has the other half to
+ * run. Announced only at its end, a batch of 64 SHA256 jobs of 4 KiB left the engine
+ * asleep for the main thread's whole turnaround, a fifth to a quarter of its time (eleventh session,
+ * bench/RESULTS.md). Short batches (descriptors of a few bytes) end before it: for them
+ * a second announce is only a second wake of the main thread.
  */
-const NOTIFY_AFTER_MS = 1
+const HALF_ANNOUNCE_AFTER_MS = 0.04
 /**
  * An engine sleeps at most this long before it looks at its ring again. The publish that
  * finds it asleep wakes it, and nothing else should be needed; but once, 2.7 million
@@ -142,6 +149,7 @@ function main (data: EngineWorkerData): void {
   }
 
   const pollMs = data.pollMs
+  const notifyAfterMs = data.notifyAfterMs
   /** when this engine last finished a batch: it polls until pollMs after it */
   let lastWork = -Infinity
   const peers = data.peers.map(sq => new Int32Array(sq, 0, RING_HEADER_BYTES / 4))
@@ -205,6 +213,9 @@ function main (data: EngineWorkerData): void {
         continue
       }
       let announced = performance.now()
+      const started = announced
+      // the word halfway through the batch; the tail once this batch has announced
+      let half = (head + ((tail - head) >>> 1)) | 0
       while (head !== tail) {
         const words = word(head + SE.WORDS)
         const id = word(head + SE.ID_LO) + word(head + SE.ID_HI) * TWO_32
@@ -242,9 +253,14 @@ function main (data: EngineWorkerData): void {
         Atomics.store(cqh, CQ.TAIL, ctail)
         head = (head + words) | 0
         Atomics.store(sqh, SQ.HEAD, head)
-        if (head !== tail && performance.now() - announced > NOTIFY_AFTER_MS) {
-          Atomics.notify(cqh, CQ.TAIL)
-          announced = performance.now()
+        if (head !== tail) {
+          const now = performance.now()
+          const halfway = ((head - half) | 0) >= 0 && now - started > HALF_ANNOUNCE_AFTER_MS
+          if (halfway || now - announced > notifyAfterMs) {
+            Atomics.notify(cqh, CQ.TAIL)
+            announced = now
+            half = tail
+          }
         }
       }
       Atomics.notify(cqh, CQ.TAIL)

@@ -470,3 +470,38 @@ t.test('engines run below the priority of the thread that starts them', async t 
   t.throws(() => new EnginePool({ mem, workers: 1, nice: -1 }), RangeError)
   t.throws(() => new EnginePool({ mem, workers: 1, nice: 1.5 }), RangeError)
 })
+
+t.test('a long batch announces its first half before it runs the second', async t => {
+  // 64 SHA256 jobs of 256 KiB in one publish to one engine: some 20 ms of work, so that
+  // the main thread hears of the first half while the engine still runs the second.
+  // notifyAfterMs is set past the test, so the halfway announce is the only one mid-batch.
+  const bursts: number[] = []
+  let open = false
+  const pool = new EnginePool({
+    mem,
+    workers: 1,
+    notifyAfterMs: 60_000,
+    onComplete: () => {
+      // completions delivered together come from one drain, in one task
+      if (!open) {
+        open = true
+        bursts.push(0)
+        queueMicrotask(() => { open = false })
+      }
+      bursts[bursts.length - 1]++
+    }
+  })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  const digests = frame() * PAGE_SIZE
+  const jobs: PoolJob[] = Array.from({ length: 64 }, (_, k) => ({
+    id: k, opcode: Opcode.SHA256, flags: 0, size: 64 * PAGE_SIZE, dstSize: 32, args, src: sgOf(inFrames, 0, 64 * PAGE_SIZE), dst: { addrs: [digests + 32 * k], lens: [32] }
+  }))
+  t.equal(pool.submit(0, jobs), 64)
+  t.equal(pool.stats().batches, 1, 'one publish')
+  await until(() => pool.inflight === 0)
+  t.equal(bursts.reduce((a, b) => a + b, 0), 64, 'every job completed')
+  t.ok(bursts.length >= 2 && bursts[0] < 64, `heard of before the batch ended (deliveries: ${bursts.join(', ')})`)
+  const want = createHash('sha256').update(input).digest()
+  t.ok(jobs.every((_, k) => Buffer.from(M.subarray(digests + 32 * k, digests + 32 * k + 32)).equals(want)), 'the digests are right')
+})
