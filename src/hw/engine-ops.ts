@@ -192,17 +192,22 @@ const runStage = new Uint8Array(RUN_BYTES)
 
 /**
  * Calls fn over the first `len` bytes of an Sg in order, in views of at least RUN_BYTES
- * where the data allows: a long segment as it is, short ones gathered into a private
- * buffer. fn must be done with its view when it returns (the buffer is reused).
+ * where the data allows: a long segment (or a last one with nothing gathered before it) as
+ * it is, short ones gathered into a private buffer. fn must be done with its view when it
+ * returns (the buffer is reused).
  */
 function eachRun (mem: Uint8Array, sg: Sg, len: number, fn: (view: Uint8Array) => void): void {
   let staged = 0
+  let left = len
   const flush = (): void => {
     if (staged > 0) fn(runStage.subarray(0, staged))
     staged = 0
   }
   eachSeg(sg, len, (addr, n) => {
-    if (n >= RUN_BYTES) {
+    left -= n
+    // the last segment with nothing staged before it is a run as it is: copying it into
+    // the stage would not save a call
+    if (n >= RUN_BYTES || (staged === 0 && left === 0)) {
       flush()
       fn(mem.subarray(addr, addr + n))
       return
@@ -449,7 +454,7 @@ function inflate (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult
 
 function keyAndIv (mem: Uint8Array, job: EngineJob): [Uint8Array, Uint8Array] {
   if (job.key === undefined || job.iv === undefined) throw new RangeError('ENCRYPT/DECRYPT need key and iv lists')
-  return [gather(mem, job.key, AES_KEY_SIZE, true), gather(mem, job.iv, AES_IV_SIZE, true)]
+  return [gather(mem, job.key, AES_KEY_SIZE), gather(mem, job.iv, AES_IV_SIZE)]
 }
 
 function encrypt (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult {
@@ -460,9 +465,15 @@ function encrypt (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult
   const [key, iv] = keyAndIv(mem, job)
   const cipher = createCipheriv('aes-256-gcm', key, iv)
   const w = new SgWriter(mem, job.dst)
-  // GCM emits exactly as many bytes as each update takes, so streaming run by run is
-  // safe whenever no ciphertext lands on plaintext not yet read.
-  if (classifyOverlap(job.src, job.size, job.dst, outLen) <= Overlap.FORWARD) {
+  const src = job.src
+  if (src.lens.length > 0 && src.lens[0] >= job.size) {
+    // One segment: one update reads it all before any ciphertext is written, so no
+    // overlap matters, and the view goes to the cipher as it is. The checks and the copy
+    // into a run were a fifth of an engine's time per 4 KiB job (eleventh session).
+    w.write(cipher.update(mem.subarray(src.addrs[0], src.addrs[0] + job.size)))
+  } else if (classifyOverlap(src, job.size, job.dst, outLen) <= Overlap.FORWARD) {
+    // GCM emits exactly as many bytes as each update takes, so streaming run by run is
+    // safe whenever no ciphertext lands on plaintext not yet read.
     eachRun(mem, job.src, job.size, view => { w.write(cipher.update(view)) })
   } else {
     w.write(cipher.update(gather(mem, job.src, job.size, true)))
