@@ -96,7 +96,7 @@ const TWO_32 = 2 ** 32
  * How much lower than the main thread the engines run, in nice steps (each about 1.25x
  * less CPU share). The main thread feeds every engine and answers every tenant, and
  * it ran second to them: on two cores with two engines busy it waited for a core for
- * 9-13% of the time, the engines ran dry while it did, and SHA256 at 4 KiB went from
+ * 8-13% of the time, the engines ran dry while it did, and SHA256 at 4 KiB went from
  * 54% of the bare rate to 60%, AES-256-GCM from 48% to 70%, when they ran at 5
  * (eleventh session, bench/RESULTS.md). A device's engines take no host CPU from the driver that feeds
  * them; here they at least yield it.
