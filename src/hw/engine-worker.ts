@@ -13,6 +13,7 @@ import { availableParallelism, getPriority, setPriority } from 'node:os'
 import { Status } from './descriptor.ts'
 import { runOp, type EngineJob, type EngineResult, type Sg } from './engine-ops.ts'
 import { CE, CQ, RING_HEADER_BYTES, SE, SQ, WorkerState } from './engine-pool.ts'
+import { ContentionScore } from './contention.ts'
 
 interface EngineWorkerData {
   mem: SharedArrayBuffer
@@ -56,14 +57,7 @@ const HALF_ANNOUNCE_AFTER_MS = 0.04
 const SLEEP_SLICE_MS = 100
 /** how often a polling engine looks at how many threads the machine has runnable */
 const CONTENTION_CHECK_MS = 0.2
-/**
- * Checks in a row that must find more runnable threads than cores before it backs off: a
- * GC or compiler thread of V8's makes a third for a moment (2% of the checks on a
- * one-tenant doorbell, and backing off at each one gave back most of what polling won);
- * a load generator beside the service is there check after check.
- */
-const CONTENDED_CHECKS = 3
-/** then, how long it sleeps instead of polling */
+/** how long it sleeps instead of polling once its checks found it contended (contention.ts) */
 const CONTENTION_BACKOFF_MS = 20
 
 /**
@@ -167,14 +161,14 @@ function main (data: EngineWorkerData): void {
    * Nor from anyone else: a load generator on the same two cores as the service (issue
    * 4's benchmark, a tenant's load test) lost its core to the polling engine, and the
    * mediated path fell from 73-87% to 43-58% of the bare route. More runnable threads
-   * than cores, check after check, and it sleeps instead, polling again no sooner than
-   * the backoff.
+   * than cores in most of its recent checks, and it sleeps instead, polling again no
+   * sooner than the backoff.
    */
   const pollContended = data.pollContended
   const loadavg = pollMs > 0 && !pollContended ? openLoadavg() : -1
   const cores = availableParallelism()
   let checkedAt = -Infinity
-  let contended = 0
+  const contention = new ContentionScore()
   let backoffUntil = -Infinity
   const mayPoll = (now: number): boolean => {
     if (now - lastWork >= pollMs || !peersAsleep()) return false
@@ -182,12 +176,7 @@ function main (data: EngineWorkerData): void {
     if (loadavg < 0 || now < backoffUntil) return false
     if (now - checkedAt < CONTENTION_CHECK_MS) return true
     checkedAt = now
-    if (runnableThreads(loadavg) <= cores) {
-      contended = 0
-      return true
-    }
-    if (++contended < CONTENDED_CHECKS) return true
-    contended = 0
+    if (!contention.check(runnableThreads(loadavg), cores)) return true
     backoffUntil = now + CONTENTION_BACKOFF_MS
     return false
   }
