@@ -11,10 +11,9 @@
  * runs of up to a few milliseconds. Three contended checks in a row (the rule until the
  * eleventh session) sent the engine to sleep for 20 ms 25-40 times a second during that
  * ping-pong, half its time, and each publish then paid a wake. Alternated with that rule
- * (two pairs of runs, bench/RESULTS.md): p50 latency 2.18x and 2.23x the bare ws
- * ping-pong's against 2.28x and 4.38x; one tenant at 32 a frame 39% and 49% of the bare
- * echo against 37% and 38%; the mediated path 84% and 93% of the bare route against 80%
- * and 82%.
+ * (four pairs of runs, bench/RESULTS.md): p50 latency 1.51-2.23x the bare ws
+ * ping-pong's against 2.28-4.38x; one tenant at 32 a frame 39-49% of the bare echo
+ * against 37-41%; the mediated path 84-98% of the bare route against 77-85%.
  */
 
 /** the weight of each check in the share: a moving average over some 32 checks (6 ms at 0.2 ms) */
