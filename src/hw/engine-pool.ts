@@ -98,8 +98,8 @@ const TWO_32 = 2 ** 32
  * it ran second to them: on two cores with two engines busy it waited for a core for
  * 8-13% of the time, the engines ran dry while it did, and SHA256 at 4 KiB went from
  * 54% of the bare rate to 60%, AES-256-GCM from 48% to 70%, when they ran at 5
- * (eleventh session, bench/RESULTS.md). A device's engines take no host CPU from the driver that feeds
- * them; here they at least yield it.
+ * (eleventh session, bench/RESULTS.md). A device's engines take no host CPU from the
+ * driver that feeds them; here they at least yield it.
  */
 export const ENGINE_NICE = 5
 /** EnginePoolOptions.notifyAfterMs */

@@ -39,9 +39,9 @@ interface SgArrays { addrs: number[], lens: number[] }
  * A batch that has run this long also announces what is done once it is half through, so
  * that the main thread refills the ring while this engine still has the other half to
  * run. Announced only at its end, a batch of 64 SHA256 jobs of 4 KiB left the engine
- * asleep for the main thread's whole turnaround, a fifth to a quarter of its time (eleventh session,
- * bench/RESULTS.md). Short batches (descriptors of a few bytes) end before it: for them
- * a second announce is only a second wake of the main thread.
+ * asleep for the main thread's whole turnaround, a fifth to a quarter of its time
+ * (eleventh session, bench/RESULTS.md). Short batches (descriptors of a few bytes) end
+ * before it: for them a second announce is only a second wake of the main thread.
  */
 const HALF_ANNOUNCE_AFTER_MS = 0.04
 /**
