@@ -289,10 +289,7 @@ export class AccelDevice implements QueueHost {
       if (this.#rr >= busy.length) this.#rr = 0
       const q = busy[this.#rr]
       if (q.pending === 0) {
-        // back with full credit, as a queue passed while empty always was
-        q.busy = false
-        q.credit = q.priority
-        busy.splice(this.#rr, 1)
+        this.#unbusy()
         continue
       }
       visits++
@@ -301,9 +298,7 @@ export class AccelDevice implements QueueHost {
         if (e !== undefined) {
           if (q.pending === 0) {
             // emptied: off the list now rather than on the next visit
-            q.busy = false
-            q.credit = q.priority
-            busy.splice(this.#rr, 1)
+            this.#unbusy()
           } else if (--q.credit <= 0) {
             // The round's last credit spent: refilled now and the next queue's turn, so
             // the next call starts at the queue it takes from, not one step before it.
@@ -318,6 +313,12 @@ export class AccelDevice implements QueueHost {
       this.#rr++
     }
     return undefined
+  }
+
+  /** The queue at the arbiter's place has nothing waiting: it leaves the list (#enqueue brings it back, with full credit). */
+  #unbusy (): void {
+    this.#busy[this.#rr].busy = false
+    this.#busy.splice(this.#rr, 1)
   }
 
   #pump (): void {

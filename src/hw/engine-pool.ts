@@ -102,7 +102,7 @@ const TWO_32 = 2 ** 32
  * driver that feeds them; here they at least yield it.
  */
 export const ENGINE_NICE = 5
-/** EnginePoolOptions.notifyAfterMs */
+/** the default of EnginePoolOptions.notifyAfterMs */
 const NOTIFY_AFTER_MS = 1
 /** load a job adds beyond its bytes, so many tiny jobs still spread */
 const JOB_COST = 512

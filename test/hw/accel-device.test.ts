@@ -294,6 +294,44 @@ t.test('the arbiter serves queues with work by priority, and skips the idle ones
   // wherever the round was, its first six are five of queue 1 and one of queue 2 (1111121 or 2111112)
   t.equal(order.slice(0, 6).filter(q => q === 1).length, 5, 'five of queue 1 for each of queue 2, from wherever the round was')
   t.ok(order.slice(0, 7).join('').includes('11111'), 'the five in a row')
+  // Queue 0 emptied at the end of the first part with one credit of its round unspent.
+  // Back with work, it has its full round again: three at a time, wherever the round is.
+  order.length = 0
+  t.equal(ports[0].submit(noops(6), 0, 6), 6)
+  t.equal(ports[2].submit(noops(6), 0, 6), 6)
+  while (order.length < 12 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.equal(order.length, 12)
+  const runs = order.join('').split(/2+/).filter(r => r !== '').map(r => r.length)
+  t.same(runs, [3, 3], `queue 0 three at a time (${order.join('')})`)
+})
+
+t.test('a shared queue serves its PASIDs by weight, and a PASID back with work has its full round', async t => {
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  t.teardown(() => rig.close())
+  const q = rig.dev.sharedQueue()
+  if (q === undefined) return t.fail('no shared queue')
+  const other = rig.kernel.bindPasid(rig.kernel.createProcess('u'))
+  if (!other.ok) return t.fail(other.message)
+  const order: string[] = []
+  const a = q.attach(rig.pasid, rig.pasid, { completion: () => { order.push('a') } }, 2)
+  const b = q.attach(other.value, other.value, { completion: () => { order.push('b') } }, 1)
+  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
+  const drain = async (n: number): Promise<void> => {
+    const deadline = Date.now() + 10000
+    while (order.length < n && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  // weights 2 and 1: two of a for each of b; a's last leaves one credit of its round unspent
+  t.equal(a.submit(noops(6), 0, 6), 6)
+  t.equal(b.submit(noops(4), 0, 4), 4)
+  await drain(10)
+  t.equal(order.join(''), 'aabaabaabb', 'two of a for each of b')
+  // back with work, a has its whole round again: two at a time, wherever the round is
+  order.length = 0
+  t.equal(a.submit(noops(4), 0, 4), 4)
+  t.equal(b.submit(noops(4), 0, 4), 4)
+  await drain(8)
+  t.equal(order.length, 8)
+  t.same(order.join('').split(/b+/).filter(r => r !== '').map(r => r.length), [2, 2], `a two at a time (${order.join('')})`)
 })
 
 t.test('doorbell writes from separate callbacks of one event-loop turn reach a sleeping engine as one publish', async t => {
