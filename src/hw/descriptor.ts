@@ -237,7 +237,7 @@ export function writeU64 (b: Uint8Array, o: number, v: number | bigint): void {
     return
   }
   if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`not a u64 address: ${v}`)
-  writeU32(b, o, v % TWO_32)
+  writeU32(b, o, v >>> 0)
   writeU32(b, o + 4, Math.floor(v / TWO_32))
 }
 

@@ -232,11 +232,12 @@ function main (data: EngineWorkerData): void {
           parentPort?.postMessage({ type: 'error', id, message: `engine ${data.index}: ${(e as Error).message}` })
         }
         const at = (ctail & cqMask) * CE.WORDS
-        cqd[at + CE.ID_LO] = id % TWO_32
+        // `>>> 0`: the low word of a non-negative safe integer, without a floating-point `%`
+        cqd[at + CE.ID_LO] = id >>> 0
         cqd[at + CE.ID_HI] = Math.floor(id / TWO_32)
         cqd[at + CE.STATUS_RESULT] = (r.status & 0xFF) | ((r.result & 0xFF) << 8)
         cqd[at + CE.BYTES_COMPLETED] = r.bytesCompleted
-        cqd[at + CE.VALUE_LO] = r.value % TWO_32
+        cqd[at + CE.VALUE_LO] = r.value >>> 0
         cqd[at + CE.VALUE_HI] = Math.floor(r.value / TWO_32)
         ctail = (ctail + 1) | 0
         Atomics.store(cqh, CQ.TAIL, ctail)
