@@ -33,8 +33,13 @@ export async function measureAsync (fn: () => Promise<number | undefined>, minSe
   return { ops, seconds: elapsed, perSecond: ops / elapsed }
 }
 
-/** Runs (case, denominator) pairs `rounds` times, alternating, and answers the median ratio. */
-export async function paired (rounds: number, run: () => Promise<[number, number]> | [number, number]): Promise<{ num: number, den: number, ratio: number }> {
+/**
+ * Runs (case, denominator) pairs `rounds` times, alternating, and answers the median
+ * ratio. `warm` pairs run first and are not counted: a case whose first run still
+ * compiles its path reads low against a denominator that warms faster.
+ */
+export async function paired (rounds: number, run: () => Promise<[number, number]> | [number, number], warm = 0): Promise<{ num: number, den: number, ratio: number }> {
+  for (let i = 0; i < warm; i++) await run()
   const nums: number[] = []
   const dens: number[] = []
   const ratios: number[] = []
