@@ -109,6 +109,16 @@ const JOB_COST = 512
 /** how long waitJob sleeps before checking the worker is still alive */
 const WAIT_SLICE_MS = 100
 /**
+ * How often the pool looks for completions an engine published and nobody delivered: one
+ * still there a whole period later means its wake-up (the engine's notify, which resolves
+ * the main thread's Atomics.waitAsync) never arrived, and the pool delivers it itself.
+ * The engines' own sleeps have such a guard since a wake-up was lost once (SLEEP_SLICE_MS
+ * in engine-worker.ts); without one here, a lost one would hold a worker's completions,
+ * and every descriptor behind them, until its next announce, and after a last batch
+ * for ever.
+ */
+const COMPLETION_WATCH_MS = 100
+/**
  * Load (bytes, plus JOB_COST a job) the polling engine takes before the pool spreads work
  * over the others: 256 KiB is about 56 SHA256 jobs of 4 KiB or 512 NOOPs, a few hundred
  * microseconds of work for one engine.
@@ -179,6 +189,8 @@ export interface WorkerStats {
   wakes: number
   /** wake-ups that never reached the sleeping engine, which found its work when its sleep timed out */
   lostWakes: number
+  /** completions whose announce never reached the main thread, delivered by the pool's watch a period late (COMPLETION_WATCH_MS) */
+  lateDrains: number
   /** jobs the engine threw on (a caller bug), completed ABORTED */
   errors: number
   alive: boolean
@@ -193,6 +205,7 @@ export interface PoolStats {
   batches: number
   wakes: number
   lostWakes: number
+  lateDrains: number
   errors: number
   workers: WorkerStats[]
 }
@@ -373,6 +386,11 @@ interface Lane {
   touched: boolean
   alive: boolean
   armed: boolean
+  /** counts the waits armed: a wait superseded by a later one (the watch re-arms) is ignored */
+  armGen: number
+  /** the completion tail as the last watch saw it */
+  watchTail: number
+  lateDrains: number
   ready: boolean
   submitted: number
   completed: number
@@ -467,10 +485,9 @@ async function held<T> (p: Promise<T>): Promise<T> {
   }
 }
 
+// Node 20 has Atomics.waitAsync; the ES2023 lib this project compiles against does not declare it.
 type AsyncWait = (a: Int32Array, i: number, v: number) =>
   { async: false, value: 'not-equal' | 'timed-out' } | { async: true, value: Promise<'ok' | 'timed-out'> }
-// Node 20 has Atomics.waitAsync; the ES2023 lib this project compiles against does not declare it.
-const waitAsync = (Atomics as unknown as { waitAsync: AsyncWait }).waitAsync
 
 export class EnginePool {
   onComplete: CompleteFn
@@ -493,6 +510,8 @@ export class EnginePool {
   #closed = false
   #idle: (() => void) | undefined
   readonly #ready: Promise<void>
+  /** COMPLETION_WATCH_MS; unref'd, so it never holds the process open */
+  readonly #watch: NodeJS.Timeout
 
   constructor (opts: EnginePoolOptions) {
     const mem = opts.mem instanceof SharedArrayBuffer ? opts.mem : opts.mem.sab
@@ -543,6 +562,9 @@ export class EnginePool {
         touched: false,
         alive: true,
         armed: false,
+        armGen: 0,
+        watchTail: start,
+        lateDrains: 0,
         ready: false,
         submitted: 0,
         completed: 0,
@@ -577,6 +599,7 @@ export class EnginePool {
       this.#arm(lane)
     }
     this.#poller = pollUs > 0 ? this.#lanes[0] : undefined
+    this.#watch = setInterval(() => this.#watchLanes(), COMPLETION_WATCH_MS).unref()
     this.#ready = Promise.all(readies).then(() => {})
     // a worker that fails to start rejects ready(); that is reported there and through onError
     this.#ready.catch(() => {})
@@ -819,10 +842,13 @@ export class EnginePool {
   /** Sleeps until the worker publishes past what was delivered, without blocking the loop. */
   #arm (lane: Lane): void {
     while (!lane.armed && !this.#closed) {
-      const r = waitAsync(lane.cqh, CQ.TAIL, lane.cqHead)
+      // looked up at each call, so that a test can lose a wake-up as a platform bug would
+      const r = (Atomics as unknown as { waitAsync: AsyncWait }).waitAsync(lane.cqh, CQ.TAIL, lane.cqHead)
       if (r.async) {
         lane.armed = true
+        const gen = ++lane.armGen
         r.value.then(() => {
+          if (gen !== lane.armGen) return
           lane.armed = false
           this.#drain(lane)
           this.#arm(lane)
@@ -830,6 +856,24 @@ export class EnginePool {
         return
       }
       this.#drain(lane)
+    }
+  }
+
+  /**
+   * Delivers what a worker published before the last watch and is still undelivered: its
+   * announce never came. The lane waits again on a fresh Atomics.waitAsync, the old one
+   * forgotten, should it ever settle.
+   */
+  #watchLanes (): void {
+    for (const lane of this.#lanes) {
+      if (!lane.alive || this.#closed) continue
+      if (((lane.watchTail - lane.cqHead) | 0) > 0) {
+        lane.lateDrains++
+        lane.armed = false
+        this.#drain(lane)
+        this.#arm(lane)
+      }
+      lane.watchTail = Atomics.load(lane.cqh, CQ.TAIL)
     }
   }
 
@@ -896,11 +940,12 @@ export class EnginePool {
       batches: l.batches,
       wakes: l.wakes,
       lostWakes: Atomics.load(l.sqh, SQ.LOST_WAKES),
+      lateDrains: l.lateDrains,
       errors: l.errors,
       alive: l.alive,
       nice: l.nice
     }))
-    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'wakes' | 'lostWakes' | 'errors'): number =>
+    const sum = (k: 'submitted' | 'completed' | 'inflight' | 'batches' | 'wakes' | 'lostWakes' | 'lateDrains' | 'errors'): number =>
       workers.reduce((s, w) => s + w[k], 0)
     return {
       submitted: sum('submitted'),
@@ -909,6 +954,7 @@ export class EnginePool {
       batches: sum('batches'),
       wakes: sum('wakes'),
       lostWakes: sum('lostWakes'),
+      lateDrains: sum('lateDrains'),
       errors: sum('errors'),
       workers
     }
@@ -928,6 +974,7 @@ export class EnginePool {
       await new Promise<void>(resolve => { this.#idle = resolve })
     }
     this.#closed = true
+    clearInterval(this.#watch)
     await held(Promise.all(this.#lanes.map(async lane => {
       Atomics.store(lane.sqh, SQ.STOP, 1)
       Atomics.add(lane.sqh, SQ.DOORBELL, 1)

@@ -445,6 +445,47 @@ t.test('a wake-up that never reaches a sleeping engine costs a sleep slice, not 
   t.equal(pool.stats().lostWakes, 1)
 })
 
+t.test('a completion whose announce never reaches the main thread is delivered a watch period late', async t => {
+  const got: number[] = []
+  const results: number[] = []
+  const pool = new EnginePool({ mem, workers: 1, onComplete: (id, r) => { got.push(id); results.push(r.value) } })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  const delivered = async (n: number): Promise<boolean> => {
+    const end = performance.now() + 5000
+    while (got.length < n && performance.now() < end) await new Promise(resolve => setTimeout(resolve, 5))
+    return got.length >= n
+  }
+  type Wait = (a: Int32Array, i: number, v: number) => { async: boolean, value: unknown }
+  const atomics = Atomics as unknown as { waitAsync: Wait }
+  const real = atomics.waitAsync
+  // The next wait the pool arms is registered, but its promise never settles: the
+  // engine's notify reaches nobody, as a lost wake-up would. Later waits are real.
+  let lose = 1
+  atomics.waitAsync = (a, i, v) => {
+    const r = real(a, i, v)
+    return r.async && lose-- > 0 ? { async: true, value: new Promise(() => {}) } : r
+  }
+  try {
+    // the wait armed before the patch hears this one; the pool's next wait is the lost one
+    t.equal(pool.submit(crcJob(1, sgOf(inFrames, 0, 100), 100)), 1)
+    t.ok(await delivered(1), 'delivered through the wait armed before the patch')
+    t.equal(lose, 0, 'the pool waits again, on the wait that is lost')
+    t.equal(pool.stats().lateDrains, 0)
+    t.equal(pool.submit(crcJob(2, sgOf(inFrames, PAGE_SIZE, 100), 100)), 1)
+    t.ok(await delivered(2), 'delivered with no wake-up at all')
+    t.equal(pool.stats().lateDrains, 1, 'by the watch')
+    // the watch left the lost wait for a fresh one: the next completion needs no watch
+    t.equal(pool.submit(crcJob(3, sgOf(inFrames, 2 * PAGE_SIZE, 100), 100)), 1)
+    t.ok(await delivered(3))
+    t.equal(pool.stats().lateDrains, 1, 'heard through the fresh wait')
+  } finally {
+    atomics.waitAsync = real
+  }
+  t.same(got, [1, 2, 3], 'each once, in order')
+  t.same(results, [0, 1, 2].map(k => crc32Js(input.subarray(k * PAGE_SIZE, k * PAGE_SIZE + 100))))
+})
+
 t.test('engines run below the priority of the thread that starts them', async t => {
   const base = getPriority()
   const want = Math.min(19, base + ENGINE_NICE)
