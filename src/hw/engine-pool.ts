@@ -189,7 +189,11 @@ export interface WorkerStats {
   wakes: number
   /** wake-ups that never reached the sleeping engine, which found its work when its sleep timed out */
   lostWakes: number
-  /** completions whose announce never reached the main thread, delivered by the pool's watch a period late (COMPLETION_WATCH_MS) */
+  /**
+   * watches (COMPLETION_WATCH_MS) that found completions published a period earlier and
+   * still undelivered, and delivered them: an announce that never reached the main
+   * thread, or a main thread busy for that long
+   */
   lateDrains: number
   /** jobs the engine threw on (a caller bug), completed ABORTED */
   errors: number

@@ -54,7 +54,7 @@ const EngineCounts = {
   batches: { ...Count, description: 'submissions published to the engine: one doorbell each' },
   wakes: { ...Count, description: 'publishes that found the engine asleep and woke it (a futex wake, the costly part of a publish)' },
   lostWakes: { ...Count, description: 'sleeps that ended by their 100 ms timeout with work already published: a wake-up that did not reach the engine (or a publish just as the sleep ended)' },
-  lateDrains: { ...Count, description: 'completions an engine published that no wake-up announced to the service, delivered by its 100 ms watch instead' },
+  lateDrains: { ...Count, description: 'times the 100 ms watch found completions published a period earlier and still undelivered, and delivered them: an announce that never reached the service\'s main thread (or a main thread busy that long)' },
   errors: { ...Count, description: 'jobs an engine failed on' }
 }
 
