@@ -17,7 +17,7 @@ import {
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type EnginePoolOptions, type PoolJob } from './engine-pool.ts'
 import type { EngineResult, Sg } from './engine-ops.ts'
-import { HwQueue, QueueState, type CompletionCallback, type CtxList, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
+import { HwQueue, QueueState, arbiterCost, type CompletionCallback, type CtxList, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
 import { Iommu, Xlate, type DeviceAccess, type Iotlb, type SgList } from './iommu.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
 import { copyOut } from './shared-copy.ts'
@@ -74,6 +74,7 @@ export interface DeviceAttributes {
   maxBatchSize: number
   engines: number
   pollUs: number
+  arbiterQuantum: number
 }
 
 const EMPTY: Sg = { addrs: [], lens: [] }
@@ -150,7 +151,7 @@ export class AccelDevice implements QueueHost {
     this.iommu = iommu
     this.mem = iommu.mem
     this.iotlb = iommu.createIotlb(config.id, config.iotlbEntries)
-    this.queues = config.queues.map((q, i) => new HwQueue(i, q.mode, q.depth, q.priority, this))
+    this.queues = config.queues.map((q, i) => new HwQueue(i, q.mode, q.depth, q.priority, this, config.arbiterQuantum))
     this.limits = {
       maxTransferSize: config.maxTransferSize,
       maxBatchSize: config.maxBatchSize,
@@ -179,7 +180,8 @@ export class AccelDevice implements QueueHost {
       maxTransferSize: this.config.maxTransferSize,
       maxBatchSize: this.config.maxBatchSize,
       engines: this.config.engines,
-      pollUs: this.config.pollUs
+      pollUs: this.config.pollUs,
+      arbiterQuantum: this.config.arbiterQuantum
     }
   }
 
@@ -205,6 +207,7 @@ export class AccelDevice implements QueueHost {
     if (!q.busy) {
       q.busy = true
       q.credit = q.priority
+      q.spent = 0
       this.#busy.push(q)
     }
   }
@@ -277,12 +280,21 @@ export class AccelDevice implements QueueHost {
   // --- the arbiter ---
 
   /**
-   * Weighted round robin over the queues with work: each gets `priority` descriptors a
-   * round. Only queues with work are visited (scanning every queue cost a dozen steps per
-   * descriptor on a device of 16 queues with one busy); one found empty leaves the list.
+   * Weighted round robin over the queues with work. A visit serves a queue `priority`
+   * descriptors, and goes on while what it served is under `priority` quanta
+   * (`arbiterQuantum` bytes of work each, a descriptor counting at least ARBITER_MIN_COST):
+   * 128 NOOPs or 64-byte MEMMOVEs a quantum of 64 KiB, 16 jobs of 4 KiB, a single
+   * 1 MiB one. Shares stay by priority; what changes is how many small descriptors of one
+   * tenant go together. A descriptor at a time, 16 tenants' doorbell writes were dealt
+   * out one by one, so nearly every completion (0.95-0.99 of them) changed port, tenant
+   * and channel from the one before, and every write's last descriptor waited for all
+   * the others' (twelfth session, bench/RESULTS.md). Only queues with work are visited
+   * (scanning every queue cost a dozen steps per descriptor on a device of 16 queues with
+   * one busy); one found empty leaves the list.
    */
   #next (): Entry | undefined {
     const busy = this.#busy
+    const quantum = this.config.arbiterQuantum
     // each queue with work is visited at most twice: once to refill its credit, once to take
     let visits = 0
     while (busy.length > 0 && visits <= 2 * busy.length) {
@@ -293,23 +305,29 @@ export class AccelDevice implements QueueHost {
         continue
       }
       visits++
-      if (q.credit > 0) {
+      if (q.credit > 0 || q.spent < q.priority * quantum) {
         const e = q.take()
         if (e !== undefined) {
           if (q.pending === 0) {
             // emptied: off the list now rather than on the next visit
             this.#unbusy()
-          } else if (--q.credit <= 0) {
-            // The round's last credit spent: refilled now and the next queue's turn, so
-            // the next call starts at the queue it takes from, not one step before it.
-            q.credit = q.priority
-            this.#rr++
+          } else {
+            q.credit--
+            q.spent += arbiterCost(e.desc)
+            if (q.credit <= 0 && q.spent >= q.priority * quantum) {
+              // The visit over: refilled now and the next queue's turn, so the next
+              // call starts at the queue it takes from, not one step before it.
+              q.credit = q.priority
+              q.spent = 0
+              this.#rr++
+            }
           }
           return e
         }
       }
-      // out of credit for this round, or held by a FENCE: the next queue's turn
+      // the visit over, or held by a FENCE: the next queue's turn
       q.credit = q.priority
+      q.spent = 0
       this.#rr++
     }
     return undefined

@@ -39,6 +39,12 @@ export const DeviceConfigSchema = Type.Object({
     maximum: 100000,
     default: 500,
     description: 'microseconds engine 0 keeps polling its ring after its last job before it sleeps; 0 sleeps at once'
+  }),
+  arbiterQuantum: Type.Integer({
+    minimum: 0,
+    maximum: 16 * 2 ** 20,
+    default: 65536,
+    description: 'bytes of work the arbiter serves a queue (and a shared queue a PASID) for each unit of its priority (weight) in one visit, beyond its priority\'s count of descriptors; a descriptor counts its size, at least 512 bytes (so 128 NOOPs a unit at the default). 0: priority descriptors a visit'
   })
 }, { additionalProperties: false })
 export type DeviceConfig = Static<typeof DeviceConfigSchema>
@@ -66,7 +72,8 @@ export const DEFAULT_DEVICES: DeviceConfig[] = [
     algorithms: opcodeNames,
     isolateStrategy: { faults: 64, windowMs: 60000 },
     iotlbEntries: 4096,
-    pollUs: 500
+    pollUs: 500,
+    arbiterQuantum: 65536
   },
   {
     id: 'wd1',
@@ -81,6 +88,7 @@ export const DEFAULT_DEVICES: DeviceConfig[] = [
     algorithms: opcodeNames,
     isolateStrategy: { faults: 64, windowMs: 60000 },
     iotlbEntries: 4096,
-    pollUs: 500
+    pollUs: 500,
+    arbiterQuantum: 65536
   }
 ]

@@ -8,12 +8,32 @@
  * The ring holds descriptors from acceptance to completion: a full ring answers RETRY,
  * a queue that is not running answers QUEUE_DISABLED, both at once and never in memory.
  */
-import { DESC, DESC_SIZE, Flag, Status } from './descriptor.ts'
+import { DESC, DESC_SIZE, Flag, Opcode, Status, readU32 } from './descriptor.ts'
 import type { EngineResult } from './engine-ops.ts'
 import type { DeviceAccess } from './iommu.ts'
 import type { QueueMode } from './device-config.ts'
 
 const DESC_WORDS = DESC_SIZE / 4
+
+/**
+ * The least a descriptor counts against an arbiter quantum, in bytes of work: what one
+ * costs the device's front end whatever its size. A NOOP, or a 64-byte MEMMOVE, counts
+ * this much; a quantum of 64 KiB is then 128 of them.
+ */
+export const ARBITER_MIN_COST = 512
+
+/**
+ * What a descriptor counts against the quantum of the arbiter's visit that starts it:
+ * its bytes, at least ARBITER_MIN_COST (a BATCH, that much a member). The size of a NOOP
+ * or DRAIN, which read nothing, is not looked at.
+ */
+export function arbiterCost (d: Uint8Array): number {
+  const op = d[DESC.OPCODE]
+  if (op === Opcode.NOOP || op === Opcode.DRAIN) return ARBITER_MIN_COST
+  const size = readU32(d, DESC.SIZE)
+  if (op === Opcode.BATCH) return size * ARBITER_MIN_COST
+  return size > ARBITER_MIN_COST ? size : ARBITER_MIN_COST
+}
 /** where a doorbell write off a word boundary is aligned before its copy (grown as needed) */
 let staging = new Int32Array(64 * DESC_WORDS)
 let stagingBytes = new Uint8Array(staging.buffer)
@@ -131,7 +151,10 @@ interface Lane {
   ctx: number
   items: Entry[]
   head: number
+  /** descriptors of its weight still owed in this visit */
   credit: number
+  /** bytes of work (arbiterCost) served in this visit */
+  spent: number
   weight: number
   /** in the round-robin order (it has entries waiting) */
   queued: boolean
@@ -192,15 +215,20 @@ export class HwQueue {
   readonly #order: Lane[] = []
   #cursor = 0
   #pending = 0
-  /** arbiter credit, refilled from priority */
+  /** arbiter credit, refilled from priority: descriptors still owed in this visit */
   credit = 0
+  /** bytes of work (arbiterCost) the arbiter served from this queue in this visit */
+  spent = 0
+  /** the device's arbiter quantum (DeviceConfig.arbiterQuantum), which its PASIDs share by weight too */
+  readonly quantum: number
   /** on the device's list of queues with work (the arbiter's to set and clear) */
   busy = false
   readonly faultTimes: number[] = []
   readonly counters: QueueCounters = { submitted: 0, completed: 0, retries: 0, disabled: 0, faults: 0, aborted: 0, bytes: 0 }
 
-  constructor (index: number, mode: QueueMode, depth: number, priority: number, host: QueueHost) {
+  constructor (index: number, mode: QueueMode, depth: number, priority: number, host: QueueHost, quantum = 0) {
     this.index = index
+    this.quantum = quantum
     this.mode = mode
     this.depth = depth
     this.priority = priority
@@ -291,7 +319,7 @@ export class HwQueue {
     let lane = this.#lastLane
     if (lane === undefined || lane.ctx !== e.ctx) lane = this.#lanes.get(e.ctx)
     if (lane === undefined) {
-      lane = { ctx: e.ctx, items: [], head: 0, credit: 0, weight: e.port.weight, queued: false }
+      lane = { ctx: e.ctx, items: [], head: 0, credit: 0, spent: 0, weight: e.port.weight, queued: false }
       this.#lanes.set(e.ctx, lane)
     }
     this.#lastLane = lane
@@ -299,6 +327,7 @@ export class HwQueue {
     if (!lane.queued) {
       lane.queued = true
       lane.credit = lane.weight
+      lane.spent = 0
       this.#order.push(lane)
     }
     lane.items.push(e)
@@ -317,9 +346,11 @@ export class HwQueue {
   }
 
   /**
-   * The next entry to start, by deficit round robin over the submitting contexts (each
-   * gets `weight` descriptors a round). A FENCE entry waits until every earlier entry of
-   * this queue has completed; the lane behind it waits with it.
+   * The next entry to start, by round robin over the submitting contexts: a visit serves
+   * `weight` descriptors, and goes on while what it served is under `weight` quanta of
+   * work (the device's arbiter does the same over its queues, where it explains why).
+   * A FENCE entry waits until every earlier entry of this queue has completed; the lane
+   * behind it waits with it.
    */
   take (): Entry | undefined {
     if (this.#pending === 0) return undefined
@@ -327,8 +358,9 @@ export class HwQueue {
     for (let scanned = 0, n = order.length; scanned < 2 * n; scanned++) {
       if (this.#cursor >= order.length) this.#cursor = 0
       const lane = order[this.#cursor]
-      if (lane.credit <= 0) {
+      if (lane.credit <= 0 && lane.spent >= lane.weight * this.quantum) {
         lane.credit = lane.weight
+        lane.spent = 0
         this.#cursor++
         continue
       }
@@ -347,10 +379,13 @@ export class HwQueue {
           lane.items = lane.items.slice(lane.head)
           lane.head = 0
         }
-        // The round's last credit spent: refilled now, and the next lane's turn, so the
-        // next take starts where it takes rather than stepping past this one first.
-        if (--lane.credit <= 0) {
+        // The visit over: refilled now, and the next lane's turn, so the next take
+        // starts where it takes rather than stepping past this one first.
+        lane.credit--
+        lane.spent += arbiterCost(e.desc)
+        if (lane.credit <= 0 && lane.spent >= lane.weight * this.quantum) {
           lane.credit = lane.weight
+          lane.spent = 0
           this.#cursor++
         }
       }

@@ -84,6 +84,7 @@ export const DeviceView = Type.Object({
   maxBatchSize: Type.Integer({ minimum: 1, description: 'descriptors a BATCH may hold' }),
   engines: Type.Integer({ minimum: 1, description: 'engine threads' }),
   pollUs: Type.Integer({ minimum: 0, description: 'microseconds engine 0 keeps polling for work after its last job before it sleeps (0: never polls); while it polls it keeps a core busy' }),
+  arbiterQuantum: Type.Integer({ minimum: 0, description: 'bytes of work the arbiter serves a queue (a shared queue, a PASID) for each unit of its priority (weight) in one visit, beyond that many descriptors; a descriptor counts its size, at least 512 bytes. 0: priority descriptors a visit' }),
   outstanding: { ...Count, description: 'descriptors accepted and not yet completed, over every queue' },
   queues: Type.Array(HwQueueView),
   iotlb: Type.Object({

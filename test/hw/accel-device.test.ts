@@ -269,9 +269,11 @@ t.test('the arbiter serves queues with work by priority, and skips the idle ones
   // One engine runs jobs in the order the arbiter started them, so the completion order
   // is the arbiter's. Queues 0 and 2 have work (priorities 3 and 1), queue 1 none. The
   // engine does not poll: an awake one would take queue 0's writes before queue 2's came.
+  // No quantum: a visit is `priority` descriptors (the quantum has its own test).
   const rig = new Rig(deviceConfig({
     engines: 1,
     pollUs: 0,
+    arbiterQuantum: 0,
     queues: [{ mode: 'dedicated', depth: 64, priority: 3 }, { mode: 'dedicated', depth: 64, priority: 5 }, { mode: 'dedicated', depth: 64, priority: 1 }]
   }))
   t.teardown(() => rig.close())
@@ -306,7 +308,8 @@ t.test('the arbiter serves queues with work by priority, and skips the idle ones
 })
 
 t.test('a shared queue serves its PASIDs by weight, and a PASID back with work has its full round', async t => {
-  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  // no quantum: a visit is `weight` descriptors
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, arbiterQuantum: 0, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
   t.teardown(() => rig.close())
   const q = rig.dev.sharedQueue()
   if (q === undefined) return t.fail('no shared queue')
@@ -332,6 +335,57 @@ t.test('a shared queue serves its PASIDs by weight, and a PASID back with work h
   await drain(8)
   t.equal(order.length, 8)
   t.same(order.join('').split(/b+/).filter(r => r !== '').map(r => r.length), [2, 2], `a two at a time (${order.join('')})`)
+})
+
+t.test('a visit of the arbiter goes on through a quantum of small descriptors, and stays at its priority for big ones', async t => {
+  // A quantum of 2 KiB: four descriptors of the least cost (512 bytes) a unit of priority.
+  const rig = new Rig(deviceConfig({
+    engines: 1,
+    pollUs: 0,
+    arbiterQuantum: 2048,
+    queues: [{ mode: 'dedicated', depth: 64, priority: 3 }, { mode: 'dedicated', depth: 64, priority: 5 }, { mode: 'dedicated', depth: 64, priority: 1 }]
+  }))
+  t.teardown(() => rig.close())
+  const order: number[] = []
+  const ports = rig.dev.queues.map((q, i) => q.attach(rig.pasid, rig.pasid, { completion: () => { order.push(i) } }))
+  const settle = async (n: number): Promise<void> => {
+    const deadline = Date.now() + 10000
+    while (order.length < n && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
+  t.equal(ports[0].submit(noops(30), 0, 30), 30)
+  t.equal(ports[2].submit(noops(12), 0, 12), 12)
+  await settle(42)
+  const runs = (xs: number[]): string[] => xs.join('').match(/(.)\1*/g) ?? []
+  t.same(runs(order), ['0'.repeat(12), '2222', '0'.repeat(12), '2222', '000000', '2222'],
+    'twelve NOOPs of queue 0 (priority 3) a visit, four of queue 2 (priority 1)')
+  // 4 KiB each: one is past a unit's quantum, so a visit is its priority's count, 3 to 1
+  const src = rig.map(4 * P)
+  const dst = rig.map(64 * P)
+  const moves = (n: number, base: number): Uint8Array => encode(Array.from({ length: n }, (_, i) => ({ opcode: Opcode.MEMMOVE, src, dst: dst + (base + i) * P, size: P })))
+  order.length = 0
+  t.equal(ports[0].submit(moves(12, 0), 0, 12), 12)
+  t.equal(ports[2].submit(moves(4, 32), 0, 4), 4)
+  await settle(16)
+  t.same(runs(order), ['000', '2', '000', '2', '000', '2', '000', '2'], 'three of queue 0 for each of queue 2')
+})
+
+t.test('a shared queue\'s PASIDs share a quantum by weight too', async t => {
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, arbiterQuantum: 2048, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  t.teardown(() => rig.close())
+  const q = rig.dev.sharedQueue()
+  if (q === undefined) return t.fail('no shared queue')
+  const other = rig.kernel.bindPasid(rig.kernel.createProcess('u'))
+  if (!other.ok) return t.fail(other.message)
+  const order: string[] = []
+  const a = q.attach(rig.pasid, rig.pasid, { completion: () => { order.push('a') } }, 2)
+  const b = q.attach(other.value, other.value, { completion: () => { order.push('b') } }, 1)
+  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
+  t.equal(a.submit(noops(16), 0, 16), 16)
+  t.equal(b.submit(noops(8), 0, 8), 8)
+  const deadline = Date.now() + 10000
+  while (order.length < 24 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.equal(order.join(''), 'a'.repeat(8) + 'bbbb' + 'a'.repeat(8) + 'bbbb', 'eight of a (weight 2) a visit, four of b (weight 1)')
 })
 
 t.test('doorbell writes from separate callbacks of one event-loop turn reach a sleeping engine as one publish', async t => {

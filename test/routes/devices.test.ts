@@ -29,6 +29,7 @@ t.test('the devices: UACCE attributes, hardware queues, IOTLB and engines', asyn
     maxBatchSize: 256,
     engines: 1,
     pollUs: 500,
+    arbiterQuantum: 65536,
     outstanding: 0,
     iotlb: { hits: 0, misses: 0, entries: 0, capacity: 4096 },
     enginePool: { submitted: 0, completed: 0, inflight: 0, workers: [{ alive: true }] }
