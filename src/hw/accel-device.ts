@@ -315,8 +315,9 @@ export class AccelDevice implements QueueHost {
             q.credit--
             q.spent += arbiterCost(e.desc)
             if (q.credit <= 0 && q.spent >= q.priority * quantum) {
-              // The visit over: refilled now and the next queue's turn, so the next
-              // call starts at the queue it takes from, not one step before it.
+              // The visit over (its priority's count served, its quanta spent): refilled
+              // now and the next queue's turn, so the next call starts at the queue it
+              // takes from, not one step before it.
               q.credit = q.priority
               q.spent = 0
               this.#rr++

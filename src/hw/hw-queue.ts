@@ -34,6 +34,7 @@ export function arbiterCost (d: Uint8Array): number {
   if (op === Opcode.BATCH) return size * ARBITER_MIN_COST
   return size > ARBITER_MIN_COST ? size : ARBITER_MIN_COST
 }
+
 /** where a doorbell write off a word boundary is aligned before its copy (grown as needed) */
 let staging = new Int32Array(64 * DESC_WORDS)
 let stagingBytes = new Uint8Array(staging.buffer)
@@ -379,8 +380,9 @@ export class HwQueue {
           lane.items = lane.items.slice(lane.head)
           lane.head = 0
         }
-        // The visit over: refilled now, and the next lane's turn, so the next take
-        // starts where it takes rather than stepping past this one first.
+        // Once the visit is over (its weight's count served, its quanta spent): refilled
+        // now, and the next lane's turn, so the next take starts where it takes rather
+        // than stepping past this one first.
         lane.credit--
         lane.spent += arbiterCost(e.desc)
         if (lane.credit <= 0 && lane.spent >= lane.weight * this.quantum) {
