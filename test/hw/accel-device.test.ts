@@ -2,7 +2,7 @@ import t from 'tap'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 import { CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, readCompletion, writeU64 } from '../../src/hw/descriptor.ts'
-import { QueueState } from '../../src/hw/hw-queue.ts'
+import { QueueState, type QueuePort } from '../../src/hw/hw-queue.ts'
 import { Prot } from '../../src/kernel/vma.ts'
 import { P, Rig, deviceConfig, encode, run } from './device-rig.ts'
 
@@ -265,21 +265,52 @@ t.test('an address of 2**53 or more faults with the exact value the tenant wrote
   t.equal(after.status, Status.SUCCESS, 'and the device goes on')
 })
 
-t.test('the arbiter serves queues with work by priority, and skips the idle ones', async t => {
-  // One engine runs jobs in the order the arbiter started them, so the completion order
-  // is the arbiter's. Queues 0 and 2 have work (priorities 3 and 1), queue 1 none. The
-  // engine does not poll: an awake one would take queue 0's writes before queue 2's came.
-  // No quantum: a visit is `priority` descriptors (the quantum has its own test).
+/** `n` NOOPs, encoded */
+function noops (n: number): Uint8Array {
+  return encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
+}
+
+/** Waits, up to 10 s, until `order` holds `n` completions. */
+async function settle (order: unknown[], n: number): Promise<void> {
+  const deadline = Date.now() + 10000
+  while (order.length < n && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+}
+
+/**
+ * One engine, not polling, so it runs jobs in the order the arbiter started them and the
+ * completion order is the arbiter's (an awake one would take one queue's writes before
+ * the next queue's came); three queues of priorities 3, 5 and 1; `order` hears which
+ * queue each completion came from.
+ */
+function arbiterRig (arbiterQuantum: number): { rig: Rig, order: number[], ports: QueuePort[] } {
   const rig = new Rig(deviceConfig({
     engines: 1,
     pollUs: 0,
-    arbiterQuantum: 0,
+    arbiterQuantum,
     queues: [{ mode: 'dedicated', depth: 64, priority: 3 }, { mode: 'dedicated', depth: 64, priority: 5 }, { mode: 'dedicated', depth: 64, priority: 1 }]
   }))
-  t.teardown(() => rig.close())
   const order: number[] = []
   const ports = rig.dev.queues.map((q, i) => q.attach(rig.pasid, rig.pasid, { completion: () => { order.push(i) } }))
-  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
+  return { rig, order, ports }
+}
+
+/** As arbiterRig, over one shared queue: PASID a of weight 2 and PASID b of weight 1. */
+function sharedRig (arbiterQuantum: number): { rig: Rig, order: string[], a: QueuePort, b: QueuePort } {
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, arbiterQuantum, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  const q = rig.dev.sharedQueue()
+  const other = rig.kernel.bindPasid(rig.kernel.createProcess('u'))
+  if (q === undefined || !other.ok) throw new Error('no shared queue, or no second PASID')
+  const order: string[] = []
+  const a = q.attach(rig.pasid, rig.pasid, { completion: () => { order.push('a') } }, 2)
+  const b = q.attach(other.value, other.value, { completion: () => { order.push('b') } }, 1)
+  return { rig, order, a, b }
+}
+
+t.test('the arbiter serves queues with work by priority, and skips the idle ones', async t => {
+  // Queues 0 and 2 have work (priorities 3 and 1), queue 1 none. No quantum: a visit is
+  // `priority` descriptors (the quantum has its own test).
+  const { rig, order, ports } = arbiterRig(0)
+  t.teardown(() => rig.close())
   t.equal(ports[0].submit(noops(30), 0, 30), 30)
   t.equal(ports[2].submit(noops(12), 0, 12), 12)
   const deadline = Date.now() + 10000
@@ -309,20 +340,9 @@ t.test('the arbiter serves queues with work by priority, and skips the idle ones
 
 t.test('a shared queue serves its PASIDs by weight, and a PASID back with work has its full round', async t => {
   // no quantum: a visit is `weight` descriptors
-  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, arbiterQuantum: 0, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  const { rig, order, a, b } = sharedRig(0)
   t.teardown(() => rig.close())
-  const q = rig.dev.sharedQueue()
-  if (q === undefined) return t.fail('no shared queue')
-  const other = rig.kernel.bindPasid(rig.kernel.createProcess('u'))
-  if (!other.ok) return t.fail(other.message)
-  const order: string[] = []
-  const a = q.attach(rig.pasid, rig.pasid, { completion: () => { order.push('a') } }, 2)
-  const b = q.attach(other.value, other.value, { completion: () => { order.push('b') } }, 1)
-  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
-  const drain = async (n: number): Promise<void> => {
-    const deadline = Date.now() + 10000
-    while (order.length < n && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
-  }
+  const drain = async (n: number): Promise<void> => await settle(order, n)
   // weights 2 and 1: two of a for each of b; a's last leaves one credit of its round unspent
   t.equal(a.submit(noops(6), 0, 6), 6)
   t.equal(b.submit(noops(4), 0, 4), 4)
@@ -339,23 +359,11 @@ t.test('a shared queue serves its PASIDs by weight, and a PASID back with work h
 
 t.test('a visit of the arbiter goes on through a quantum of small descriptors, and stays at its priority for big ones', async t => {
   // A quantum of 2 KiB: four descriptors of the least cost (512 bytes) a unit of priority.
-  const rig = new Rig(deviceConfig({
-    engines: 1,
-    pollUs: 0,
-    arbiterQuantum: 2048,
-    queues: [{ mode: 'dedicated', depth: 64, priority: 3 }, { mode: 'dedicated', depth: 64, priority: 5 }, { mode: 'dedicated', depth: 64, priority: 1 }]
-  }))
+  const { rig, order, ports } = arbiterRig(2048)
   t.teardown(() => rig.close())
-  const order: number[] = []
-  const ports = rig.dev.queues.map((q, i) => q.attach(rig.pasid, rig.pasid, { completion: () => { order.push(i) } }))
-  const settle = async (n: number): Promise<void> => {
-    const deadline = Date.now() + 10000
-    while (order.length < n && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
-  }
-  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
   t.equal(ports[0].submit(noops(30), 0, 30), 30)
   t.equal(ports[2].submit(noops(12), 0, 12), 12)
-  await settle(42)
+  await settle(order, 42)
   const runs = (xs: number[]): string[] => xs.join('').match(/(.)\1*/g) ?? []
   t.same(runs(order), ['0'.repeat(12), '2222', '0'.repeat(12), '2222', '000000', '2222'],
     'twelve NOOPs of queue 0 (priority 3) a visit, four of queue 2 (priority 1)')
@@ -366,25 +374,16 @@ t.test('a visit of the arbiter goes on through a quantum of small descriptors, a
   order.length = 0
   t.equal(ports[0].submit(moves(12, 0), 0, 12), 12)
   t.equal(ports[2].submit(moves(4, 32), 0, 4), 4)
-  await settle(16)
+  await settle(order, 16)
   t.same(runs(order), ['000', '2', '000', '2', '000', '2', '000', '2'], 'three of queue 0 for each of queue 2')
 })
 
 t.test('a shared queue\'s PASIDs share a quantum by weight too', async t => {
-  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, arbiterQuantum: 2048, queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  const { rig, order, a, b } = sharedRig(2048)
   t.teardown(() => rig.close())
-  const q = rig.dev.sharedQueue()
-  if (q === undefined) return t.fail('no shared queue')
-  const other = rig.kernel.bindPasid(rig.kernel.createProcess('u'))
-  if (!other.ok) return t.fail(other.message)
-  const order: string[] = []
-  const a = q.attach(rig.pasid, rig.pasid, { completion: () => { order.push('a') } }, 2)
-  const b = q.attach(other.value, other.value, { completion: () => { order.push('b') } }, 1)
-  const noops = (n: number): Uint8Array => encode(Array.from({ length: n }, () => ({ opcode: Opcode.NOOP })))
   t.equal(a.submit(noops(16), 0, 16), 16)
   t.equal(b.submit(noops(8), 0, 8), 8)
-  const deadline = Date.now() + 10000
-  while (order.length < 24 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  await settle(order, 24)
   t.equal(order.join(''), 'a'.repeat(8) + 'bbbb' + 'a'.repeat(8) + 'bbbb', 'eight of a (weight 2) a visit, four of b (weight 1)')
 })
 
