@@ -14,6 +14,10 @@ import type { DeviceAccess } from './iommu.ts'
 import type { QueueMode } from './device-config.ts'
 
 const DESC_WORDS = DESC_SIZE / 4
+/** the descriptor's PASID field, in 32-bit words (it is word-aligned) */
+const PASID_WORD = DESC.PASID / 4
+/** an Int32Array store writes little-endian bytes here, as the descriptor's fields are */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1
 
 /**
  * The least a descriptor counts against an arbiter quantum, in bytes of work: what one
@@ -264,14 +268,21 @@ export class HwQueue {
     this.#freeTop = base
     const now = n > 0 ? performance.now() : 0
     const pasid = port.pasid
+    const ring32 = this.#ring32
     for (let i = 0; i < n; i++) {
       const slot = free[base + i]
       const desc = this.#slots[slot]
-      // The device stamps the PASID: whatever the tenant wrote there is overwritten.
-      desc[DESC.PASID] = pasid & 0xff
-      desc[DESC.PASID + 1] = (pasid >>> 8) & 0xff
-      desc[DESC.PASID + 2] = (pasid >>> 16) & 0xff
-      desc[DESC.PASID + 3] = (pasid >>> 24) & 0xff
+      // The device stamps the PASID: whatever the tenant wrote there is overwritten. One
+      // word store where the host is little-endian (3 ns a descriptor against 6 ns for
+      // four byte stores, a microbenchmark of the twelfth session).
+      if (LITTLE_ENDIAN) {
+        ring32[slot * DESC_WORDS + PASID_WORD] = pasid
+      } else {
+        desc[DESC.PASID] = pasid & 0xff
+        desc[DESC.PASID + 1] = (pasid >>> 8) & 0xff
+        desc[DESC.PASID + 2] = (pasid >>> 16) & 0xff
+        desc[DESC.PASID + 3] = (pasid >>> 24) & 0xff
+      }
       this.host.accept(this, port, desc, slot, tokens?.[i], now)
     }
     this.counters.submitted += n

@@ -175,6 +175,10 @@ t.test('the PASID is the port\'s: forged bytes change nothing; another process\'
   const [x] = await run(c, [{ opcode: Opcode.MEMMOVE, pasid: otherPasid.value, src: secret, dst: mine, size: 24, tag: 1n }])
   t.equal(x.status, Status.PAGE_FAULT, 'translated under my own PASID: no mapping there')
   t.same(rig.load(mine, 24), new Uint8Array(24), 'nothing of the other process arrived')
+  // the queue's own copy of the descriptor carries the port's PASID, as ENQCMD stamps it
+  const slots = Array.from({ length: q.depth }, (_, i) => Buffer.from(q.ring.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE)))
+  const copy = slots.find(d => d.readBigUInt64LE(DESC.TAG) === 1n)
+  t.equal(copy?.readUInt32LE(DESC.PASID), rig.pasid, 'stamped over the forged bytes')
 })
 
 t.test('a doorbell write is copied whole, from any byte offset, into whichever slots are free', async t => {
