@@ -17,7 +17,7 @@ import {
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type EnginePoolOptions, type PoolJob } from './engine-pool.ts'
 import type { EngineResult, Sg } from './engine-ops.ts'
-import { HwQueue, QueueState, arbiterCost, type CompletionCallback, type CtxList, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
+import { HwQueue, QueueState, beginVisit, served, visitOver, type CompletionCallback, type CtxList, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
 import { Iommu, Xlate, type DeviceAccess, type Iotlb, type SgList } from './iommu.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
 import { copyOut } from './shared-copy.ts'
@@ -206,8 +206,7 @@ export class AccelDevice implements QueueHost {
     q.enqueue(e)
     if (!q.busy) {
       q.busy = true
-      q.credit = q.priority
-      q.spent = 0
+      beginVisit(q, q.priority)
       this.#busy.push(q)
     }
   }
@@ -280,9 +279,9 @@ export class AccelDevice implements QueueHost {
   // --- the arbiter ---
 
   /**
-   * Weighted round robin over the queues with work. A visit serves a queue `priority`
-   * descriptors, and goes on while what it served is under `priority` quanta
-   * (`arbiterQuantum` bytes of work each, a descriptor counting at least ARBITER_MIN_COST):
+   * Weighted round robin over the queues with work. A visit (Visit, hw-queue.ts) serves
+   * a queue `priority` descriptors, and goes on while what it served is under `priority`
+   * quanta (`arbiterQuantum` bytes of work each, a descriptor counting at least 512):
    * 128 NOOPs or 64-byte MEMMOVEs a quantum of 64 KiB, 16 jobs of 4 KiB, a single
    * 1 MiB one. Shares stay by priority; what changes is how many small descriptors of one
    * tenant go together. A descriptor at a time, 16 tenants' doorbell writes were dealt
@@ -305,30 +304,23 @@ export class AccelDevice implements QueueHost {
         continue
       }
       visits++
-      if (q.credit > 0 || q.spent < q.priority * quantum) {
+      if (!visitOver(q, q.priority, quantum)) {
         const e = q.take()
         if (e !== undefined) {
           if (q.pending === 0) {
             // emptied: off the list now rather than on the next visit
             this.#unbusy()
-          } else {
-            q.credit--
-            q.spent += arbiterCost(e.desc)
-            if (q.credit <= 0 && q.spent >= q.priority * quantum) {
-              // The visit over (its priority's count served, its quanta spent): refilled
-              // now and the next queue's turn, so the next call starts at the queue it
-              // takes from, not one step before it.
-              q.credit = q.priority
-              q.spent = 0
-              this.#rr++
-            }
+          } else if (served(q, e.desc, q.priority, quantum)) {
+            // The visit over: the next one begins now, and the next queue's turn, so the
+            // next call starts at the queue it takes from, not one step before it.
+            beginVisit(q, q.priority)
+            this.#rr++
           }
           return e
         }
       }
       // the visit over, or held by a FENCE: the next queue's turn
-      q.credit = q.priority
-      q.spent = 0
+      beginVisit(q, q.priority)
       this.#rr++
     }
     return undefined

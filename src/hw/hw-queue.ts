@@ -8,7 +8,7 @@
  * The ring holds descriptors from acceptance to completion: a full ring answers RETRY,
  * a queue that is not running answers QUEUE_DISABLED, both at once and never in memory.
  */
-import { DESC, DESC_SIZE, Flag, Opcode, Status, readU32 } from './descriptor.ts'
+import { DESC, DESC_SIZE, Flag, Opcode, Status, readU32, writeU32 } from './descriptor.ts'
 import type { EngineResult } from './engine-ops.ts'
 import type { DeviceAccess } from './iommu.ts'
 import type { QueueMode } from './device-config.ts'
@@ -24,19 +24,47 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1
  * costs the device's front end whatever its size. A NOOP, or a 64-byte MEMMOVE, counts
  * this much; a quantum of 64 KiB is then 128 of them.
  */
-export const ARBITER_MIN_COST = 512
+const ARBITER_MIN_COST = 512
 
 /**
  * What a descriptor counts against the quantum of the arbiter's visit that starts it:
  * its bytes, at least ARBITER_MIN_COST (a BATCH, that much a member). The size of a NOOP
  * or DRAIN, which read nothing, is not looked at.
  */
-export function arbiterCost (d: Uint8Array): number {
+function arbiterCost (d: Uint8Array): number {
   const op = d[DESC.OPCODE]
   if (op === Opcode.NOOP || op === Opcode.DRAIN) return ARBITER_MIN_COST
   const size = readU32(d, DESC.SIZE)
   if (op === Opcode.BATCH) return size * ARBITER_MIN_COST
   return size > ARBITER_MIN_COST ? size : ARBITER_MIN_COST
+}
+
+/**
+ * One round-robin visit, the device arbiter's to a queue (weight: its priority) and a
+ * shared queue's to a PASID (weight: the port's): it serves `weight` descriptors, and
+ * goes on while what it served is under `weight` quanta of work.
+ */
+export interface Visit {
+  /** descriptors of its weight still owed */
+  credit: number
+  /** bytes of work (arbiterCost) served */
+  spent: number
+}
+
+export function beginVisit (v: Visit, weight: number): void {
+  v.credit = weight
+  v.spent = 0
+}
+
+export function visitOver (v: Visit, weight: number, quantum: number): boolean {
+  return v.credit <= 0 && v.spent >= weight * quantum
+}
+
+/** Counts the descriptor `d` as served in the visit; answers whether the visit is over. */
+export function served (v: Visit, d: Uint8Array, weight: number, quantum: number): boolean {
+  v.credit--
+  v.spent += arbiterCost(d)
+  return visitOver(v, weight, quantum)
 }
 
 /** where a doorbell write off a word boundary is aligned before its copy (grown as needed) */
@@ -152,14 +180,10 @@ export class QueuePort {
 }
 
 /** A FIFO of entries per submitting context, for the shared queue's deficit round robin. */
-interface Lane {
+interface Lane extends Visit {
   ctx: number
   items: Entry[]
   head: number
-  /** descriptors of its weight still owed in this visit */
-  credit: number
-  /** bytes of work (arbiterCost) served in this visit */
-  spent: number
   weight: number
   /** in the round-robin order (it has entries waiting) */
   queued: boolean
@@ -189,7 +213,7 @@ export interface QueueHost {
   kick: (written: number) => void
 }
 
-export class HwQueue {
+export class HwQueue implements Visit {
   readonly index: number
   readonly mode: QueueMode
   readonly depth: number
@@ -220,9 +244,8 @@ export class HwQueue {
   readonly #order: Lane[] = []
   #cursor = 0
   #pending = 0
-  /** arbiter credit, refilled from priority: descriptors still owed in this visit */
+  /** the device arbiter's visit to this queue (Visit) */
   credit = 0
-  /** bytes of work (arbiterCost) the arbiter served from this queue in this visit */
   spent = 0
   /** the device's arbiter quantum (DeviceConfig.arbiterQuantum), which its PASIDs share by weight too */
   readonly quantum: number
@@ -278,10 +301,7 @@ export class HwQueue {
       if (LITTLE_ENDIAN) {
         ring32[slot * DESC_WORDS + PASID_WORD] = pasid
       } else {
-        desc[DESC.PASID] = pasid & 0xff
-        desc[DESC.PASID + 1] = (pasid >>> 8) & 0xff
-        desc[DESC.PASID + 2] = (pasid >>> 16) & 0xff
-        desc[DESC.PASID + 3] = (pasid >>> 24) & 0xff
+        writeU32(desc, DESC.PASID, pasid)
       }
       this.host.accept(this, port, desc, slot, tokens?.[i], now)
     }
@@ -338,8 +358,7 @@ export class HwQueue {
     lane.weight = e.port.weight
     if (!lane.queued) {
       lane.queued = true
-      lane.credit = lane.weight
-      lane.spent = 0
+      beginVisit(lane, lane.weight)
       this.#order.push(lane)
     }
     lane.items.push(e)
@@ -370,9 +389,8 @@ export class HwQueue {
     for (let scanned = 0, n = order.length; scanned < 2 * n; scanned++) {
       if (this.#cursor >= order.length) this.#cursor = 0
       const lane = order[this.#cursor]
-      if (lane.credit <= 0 && lane.spent >= lane.weight * this.quantum) {
-        lane.credit = lane.weight
-        lane.spent = 0
+      if (visitOver(lane, lane.weight, this.quantum)) {
+        beginVisit(lane, lane.weight)
         this.#cursor++
         continue
       }
@@ -391,14 +409,10 @@ export class HwQueue {
           lane.items = lane.items.slice(lane.head)
           lane.head = 0
         }
-        // Once the visit is over (its weight's count served, its quanta spent): refilled
-        // now, and the next lane's turn, so the next take starts where it takes rather
-        // than stepping past this one first.
-        lane.credit--
-        lane.spent += arbiterCost(e.desc)
-        if (lane.credit <= 0 && lane.spent >= lane.weight * this.quantum) {
-          lane.credit = lane.weight
-          lane.spent = 0
+        // The visit over: the next one begins now, and the next lane's turn, so the next
+        // take starts where it takes rather than stepping past this one first.
+        if (served(lane, e.desc, lane.weight, this.quantum)) {
+          beginVisit(lane, lane.weight)
           this.#cursor++
         }
       }
