@@ -40,8 +40,8 @@ export async function benchMm (): Promise<string[]> {
   out.push(`| IOTLB translate, miss (page walk) | ${fmt(miss.perSecond)}/s | hit rate ${(coldTlb.hits / (coldTlb.hits + coldTlb.misses) * 100).toFixed(1)}% |`)
 
   // V8 copies into shared memory with relaxed-atomic loops, a byte at a time when the two
-  // ends disagree modulo 8 (they do here: offset 13); the store stages such copies through
-  // private memory (src/hw/shared-copy.ts). Both denominators are shown.
+  // ends disagree modulo 8 (they do here: offset 13); the store copies with a plain memcpy
+  // instead (src/hw/shared-copy.ts). Both denominators are shown.
   const sabDst = Buffer.from(new SharedArrayBuffer((1 << 20) + 64))
   for (const size of [64, 4096, 65536, 1 << 20]) {
     const data = Buffer.alloc(size, 7)

@@ -2,74 +2,69 @@
  * Copies into, out of and within physical memory (a SharedArrayBuffer) at memcpy speed.
  *
  * V8 copies to, from or within shared memory with relaxed atomics, so that a racing thread
- * never sees undefined behaviour, and it moves whole words only when the two ends sit at
- * the same offset modulo 8: otherwise it goes a byte at a time. On this project's
- * machines that is about 3 GB/s against 15-25 GB/s (bench/RESULTS.md), and tenants'
- * addresses are arbitrary. So a copy whose ends disagree goes through a private scratch
- * buffer, placed so that the one step touching shared memory agrees; the private step is
- * a plain memmove. From about 1 KiB up, the two fast copies beat the slow one.
+ * never sees undefined behaviour: whole words when the two ends sit at the same offset
+ * modulo 8, otherwise a byte at a time. On this project's machines that is about 3 GB/s
+ * unaligned and 20-25 GB/s aligned, where a plain memcpy runs at 28-80 GB/s (bench/RESULTS.md,
+ * thirteenth session). `Buffer.prototype.fill` with a Uint8Array of the region's length is
+ * one such memcpy in Node's C++, whatever the phases; it costs some 50 ns a call where
+ * `set` costs 15, so short copies keep `set`. Racing engines and tenants may see a torn
+ * copy either way, as they would on hardware: nothing here orders two threads' bytes.
  *
  * Each thread (main, every engine) has its own scratch: these calls are synchronous and
  * never re-entered, so one buffer per thread serves them all.
  */
 
 const WORD = 8
-/** below this, the byte loop costs less than a second copy */
-export const STAGE_MIN = 1024
+/** from here up, a memcpy (fill) beats V8's copy when the ends agree modulo 8 */
+export const ALIGNED_MEMCPY_MIN = 2048
+/** and from here up when they do not (V8 then goes a byte at a time) */
+export const UNALIGNED_MEMCPY_MIN = 128
 const CHUNK = 64 * 1024
-const scratch = new Uint8Array(CHUNK + 2 * WORD)
+const scratch = Buffer.allocUnsafeSlow(CHUNK)
+const memcpy = Buffer.prototype.fill as unknown as { call: (to: Uint8Array, from: Uint8Array, start: number, end: number) => void }
 
 /** where `i` of `a` falls in a word; byteOffset counts because views start anywhere */
 function phase (a: Uint8Array, i: number): number {
   return (a.byteOffset + i) % WORD
 }
 
+function useMemcpy (n: number, sameWordPhase: boolean): boolean {
+  return n >= (sameWordPhase ? ALIGNED_MEMCPY_MIN : UNALIGNED_MEMCPY_MIN)
+}
+
 /** `mem[at, at + src.length) = src`, where `src` is private (not shared) memory. */
 export function copyIn (mem: Uint8Array, at: number, src: Uint8Array): void {
   const n = src.length
-  const s = phase(mem, at)
-  if (n < STAGE_MIN || s === phase(src, 0)) {
-    mem.set(src, at)
-    return
-  }
-  for (let o = 0; o < n; o += CHUNK) {
-    const m = Math.min(CHUNK, n - o)
-    scratch.set(src.subarray(o, o + m), s)
-    mem.set(scratch.subarray(s, s + m), at + o)
-  }
+  if (useMemcpy(n, phase(mem, at) === phase(src, 0))) memcpy.call(mem, src, at, at + n)
+  else mem.set(src, at)
 }
 
 /** `out[outAt, outAt + n) = mem[from, from + n)`, where `out` is private memory. */
 export function copyOut (out: Uint8Array, outAt: number, mem: Uint8Array, from: number, n: number): void {
-  const s = phase(mem, from)
-  if (n < STAGE_MIN || s === phase(out, outAt)) {
-    out.set(mem.subarray(from, from + n), outAt)
-    return
-  }
-  for (let o = 0; o < n; o += CHUNK) {
-    const m = Math.min(CHUNK, n - o)
-    scratch.set(mem.subarray(from + o, from + o + m), s)
-    out.set(scratch.subarray(s, s + m), outAt + o)
-  }
+  const view = mem.subarray(from, from + n)
+  if (useMemcpy(n, phase(mem, from) === phase(out, outAt))) memcpy.call(out, view, outAt, outAt + n)
+  else out.set(view, outAt)
 }
 
 /** `mem.copyWithin(dst, src, src + n)`: memmove, overlap included. */
 export function moveWithin (mem: Uint8Array, dst: number, src: number, n: number): void {
-  const ps = phase(mem, src)
-  const pd = phase(mem, dst)
-  if (n < STAGE_MIN || ps === pd) {
+  if (!useMemcpy(n, phase(mem, src) === phase(mem, dst))) {
     mem.copyWithin(dst, src, src + n)
     return
   }
-  // Each chunk is read whole before any of it is written, so walking away from the
-  // overlap (backwards when dst is above src) never reads a byte already overwritten.
+  if (dst >= src + n || src >= dst + n) {
+    memcpy.call(mem, mem.subarray(src, src + n), dst, dst + n)
+    return
+  }
+  // A memcpy may not overlap itself, so each chunk goes out to scratch and back. Each is
+  // read whole before any of it is written, so walking away from the overlap (backwards
+  // when dst is above src) never reads a byte already overwritten.
   const chunks = Math.ceil(n / CHUNK)
   const backward = dst > src
   for (let c = 0; c < chunks; c++) {
     const o = (backward ? chunks - 1 - c : c) * CHUNK
     const m = Math.min(CHUNK, n - o)
-    scratch.set(mem.subarray(src + o, src + o + m), ps)
-    scratch.copyWithin(pd, ps, ps + m)
-    mem.set(scratch.subarray(pd, pd + m), dst + o)
+    memcpy.call(scratch, mem.subarray(src + o, src + o + m), 0, m)
+    memcpy.call(mem, scratch.subarray(0, m), dst + o, dst + o + m)
   }
 }

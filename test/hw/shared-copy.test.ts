@@ -1,13 +1,14 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { STAGE_MIN, copyIn, copyOut, moveWithin } from '../../src/hw/shared-copy.ts'
+import { ALIGNED_MEMCPY_MIN, UNALIGNED_MEMCPY_MIN, copyIn, copyOut, moveWithin } from '../../src/hw/shared-copy.ts'
 
-// Lengths around the staging threshold and across the 64 KiB chunks; offsets in every
+// Lengths around the memcpy thresholds and across the 64 KiB chunks; offsets in every
 // phase modulo 8, views that start mid-buffer on both sides.
 const SPAN = 3 * 64 * 1024 + 64
 const lenArb = fc.oneof(
   fc.nat(64),
-  fc.integer({ min: STAGE_MIN - 2, max: STAGE_MIN + 70 }),
+  fc.integer({ min: UNALIGNED_MEMCPY_MIN - 9, max: UNALIGNED_MEMCPY_MIN + 9 }),
+  fc.integer({ min: ALIGNED_MEMCPY_MIN - 9, max: ALIGNED_MEMCPY_MIN + 9 }),
   fc.integer({ min: 64 * 1024 - 9, max: 64 * 1024 + 9 }),
   fc.integer({ min: 1, max: 2 * 64 * 1024 + 17 })
 )
