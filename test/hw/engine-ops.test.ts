@@ -276,6 +276,30 @@ t.test('ENCRYPT in place and overlapping', async t => {
   }
 })
 
+t.test('ENCRYPT of one long segment, streamed in runs where no overlap forbids it', async t => {
+  // A private memory with one physical run per buffer: past MAX_RUN_BYTES (256 KiB) the
+  // engine ciphers in runs when no ciphertext can land on plaintext not yet read, and in
+  // one update when it can (dst above src and overlapping).
+  const R = new Uint8Array(new SharedArrayBuffer(4 << 20))
+  const size = 600_000 + 7
+  const key = randomBytes(32)
+  const iv = randomBytes(12)
+  R.set(key, 0)
+  R.set(iv, 32)
+  const input = randomBytes(size)
+  const c = createCipheriv('aes-256-gcm', key, iv)
+  const want = Buffer.concat([c.update(input), c.final(), c.getAuthTag()])
+  const s = 1 << 20
+  for (const shift of [0, 5, -5, -300_001, 300_001, 1 << 20, -(1 << 20) + 64]) {
+    R.fill(0x5A, 64)
+    R.set(input, s)
+    const d = s + shift
+    const r = runOp(R, job({ opcode: Opcode.ENCRYPT, size, dstSize: size + 16, src: { addrs: [s], lens: [size] }, dst: { addrs: [d], lens: [size + 16] }, key: { addrs: [0], lens: [32] }, iv: { addrs: [32], lens: [12] } }))
+    t.equal(r.status, Status.SUCCESS)
+    t.ok(Buffer.from(R.subarray(d, d + size + 16)).equals(want), `dst = src ${shift >= 0 ? '+' : '-'} ${Math.abs(shift)}`)
+  }
+})
+
 t.test('OUTPUT_OVERFLOW, DATA_ERROR, INVALID_FIELD', async t => {
   const input = randomBytes(10000)
   const src = vbuf(input.length, 9)
