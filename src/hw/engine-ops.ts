@@ -190,7 +190,7 @@ function eachSeg (sg: Sg, len: number, fn: (addr: number, n: number) => void): v
 const RUN_BYTES = 64 * 1024
 const runStage = new Uint8Array(RUN_BYTES)
 /**
- * ...and runs of at most this many: the cipher returns each run's output in a fresh
+ * A cipher is fed runs of at most this many bytes: it returns each run's output in a fresh
  * buffer, which Node zeroes, the cipher fills and the engine then copies into shared
  * memory. Over 1 MiB in one call those are three passes through memory; over 256 KiB
  * pieces the buffer is still in the cache for the second and third (one thread: 2.84-2.92
@@ -483,9 +483,9 @@ function encrypt (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult
   const cipher = createCipheriv('aes-256-gcm', key, iv)
   const w = new SgWriter(mem, job.dst)
   const src = job.src
-  // One segment up to a run: one update reads it all before any ciphertext is written, so
-  // no overlap matters, and the view goes to the cipher as it is. The checks and the copy into a run
-  // were about a sixth of an engine's time per 4 KiB job (eleventh session).
+  // One segment up to a run: one update reads it all before any ciphertext is written,
+  // so no overlap matters, and the view goes to the cipher as it is. The checks and the
+  // copy into a run were about a sixth of an engine's time per 4 KiB job (eleventh session).
   const oneSegment = src.lens.length > 0 && src.lens[0] >= job.size
   if (oneSegment && job.size <= MAX_RUN_BYTES) {
     w.write(cipher.update(mem.subarray(src.addrs[0], src.addrs[0] + job.size)))

@@ -4,8 +4,8 @@
  * V8 copies to, from or within shared memory with relaxed atomics, so that a racing thread
  * never sees undefined behaviour: whole words when the two ends sit at the same offset
  * modulo 8, otherwise a byte at a time. On this project's machines that is about 3 GB/s
- * unaligned and 20-25 GB/s aligned, where a plain memcpy runs at 28-80 GB/s (bench/RESULTS.md,
- * thirteenth session). `Buffer.prototype.fill` with a Uint8Array of the region's length is
+ * unaligned and 20-25 GB/s aligned, where a plain memcpy runs at 28-80 GB/s
+ * (bench/RESULTS.md, thirteenth session). `Buffer.prototype.fill` with a Uint8Array of the region's length is
  * one such memcpy in Node's C++, whatever the phases; it costs some 50 ns a call where
  * `set` costs 15, so short copies keep `set`. Racing engines and tenants may see a torn
  * copy either way, as they would on hardware: nothing here orders two threads' bytes.
@@ -21,7 +21,12 @@ export const ALIGNED_MEMCPY_MIN = 2048
 export const UNALIGNED_MEMCPY_MIN = 128
 const CHUNK = 64 * 1024
 const scratch = Buffer.allocUnsafeSlow(CHUNK)
-const memcpy = Buffer.prototype.fill as unknown as { call: (to: Uint8Array, from: Uint8Array, start: number, end: number) => void }
+const fill = Buffer.prototype.fill as unknown as { call: (to: Uint8Array, value: Uint8Array, start: number, end: number) => void }
+
+/** `to[at, at + from.length) = from`, one memcpy: `fill` with a value as long as the region copies it once. */
+function memcpy (to: Uint8Array, at: number, from: Uint8Array): void {
+  fill.call(to, from, at, at + from.length)
+}
 
 /** where `i` of `a` falls in a word; byteOffset counts because views start anywhere */
 function phase (a: Uint8Array, i: number): number {
@@ -35,14 +40,14 @@ function useMemcpy (n: number, sameWordPhase: boolean): boolean {
 /** `mem[at, at + src.length) = src`, where `src` is private (not shared) memory. */
 export function copyIn (mem: Uint8Array, at: number, src: Uint8Array): void {
   const n = src.length
-  if (useMemcpy(n, phase(mem, at) === phase(src, 0))) memcpy.call(mem, src, at, at + n)
+  if (useMemcpy(n, phase(mem, at) === phase(src, 0))) memcpy(mem, at, src)
   else mem.set(src, at)
 }
 
 /** `out[outAt, outAt + n) = mem[from, from + n)`, where `out` is private memory. */
 export function copyOut (out: Uint8Array, outAt: number, mem: Uint8Array, from: number, n: number): void {
   const view = mem.subarray(from, from + n)
-  if (useMemcpy(n, phase(mem, from) === phase(out, outAt))) memcpy.call(out, view, outAt, outAt + n)
+  if (useMemcpy(n, phase(mem, from) === phase(out, outAt))) memcpy(out, outAt, view)
   else out.set(view, outAt)
 }
 
@@ -53,7 +58,7 @@ export function moveWithin (mem: Uint8Array, dst: number, src: number, n: number
     return
   }
   if (dst >= src + n || src >= dst + n) {
-    memcpy.call(mem, mem.subarray(src, src + n), dst, dst + n)
+    memcpy(mem, dst, mem.subarray(src, src + n))
     return
   }
   // A memcpy may not overlap itself, so each chunk goes out to scratch and back. Each is
@@ -64,7 +69,7 @@ export function moveWithin (mem: Uint8Array, dst: number, src: number, n: number
   for (let c = 0; c < chunks; c++) {
     const o = (backward ? chunks - 1 - c : c) * CHUNK
     const m = Math.min(CHUNK, n - o)
-    memcpy.call(scratch, mem.subarray(src + o, src + o + m), 0, m)
-    memcpy.call(mem, scratch.subarray(0, m), dst + o, dst + o + m)
+    memcpy(scratch, 0, mem.subarray(src + o, src + o + m))
+    memcpy(mem, dst + o, scratch.subarray(0, m))
   }
 }
