@@ -547,3 +547,36 @@ t.test('a long batch announces its first half before it runs the second', async 
   const want = createHash('sha256').update(input).digest()
   t.ok(jobs.every((_, k) => Buffer.from(M.subarray(digests + 32 * k, digests + 32 * k + 32)).equals(want)), 'the digests are right')
 })
+
+t.test('a batch that announced halfway leaves its end to the batch behind it, and the last batch still announces its end', async t => {
+  // A long batch announces halfway; the main thread publishes more work on hearing it,
+  // so the first batch's end goes unannounced and its last completions arrive with the
+  // second batch's. The second batch, with nothing behind it, must announce its end:
+  // were it skipped, only the pool's watch would deliver it (lateDrains).
+  const got: number[] = []
+  let second: PoolJob[] = []
+  const digests = frame() * PAGE_SIZE
+  const sha = (k: number): PoolJob => ({
+    id: k, opcode: Opcode.SHA256, flags: 0, size: 64 * PAGE_SIZE, dstSize: 32, args, src: sgOf(inFrames, 0, 64 * PAGE_SIZE), dst: { addrs: [digests + 32 * k], lens: [32] }
+  })
+  const pool = new EnginePool({
+    mem,
+    workers: 1,
+    notifyAfterMs: 60_000,
+    onComplete: (id) => {
+      got.push(id)
+      if (second.length === 0) {
+        second = Array.from({ length: 8 }, (_, k) => sha(64 + k))
+        pool.submit(0, second)
+      }
+    }
+  })
+  t.teardown(() => pool.close())
+  await pool.ready()
+  t.equal(pool.submit(0, Array.from({ length: 64 }, (_, k) => sha(k))), 64)
+  await until(() => got.length === 72)
+  t.same(got, Array.from({ length: 72 }, (_, k) => k), 'each once, in order')
+  t.equal(pool.stats().lateDrains, 0, 'every completion came with an announce, none through the watch')
+  const want = createHash('sha256').update(input).digest()
+  t.ok(got.every(k => Buffer.from(M.subarray(digests + 32 * k, digests + 32 * k + 32)).equals(want)), 'the digests are right')
+})
