@@ -10,12 +10,11 @@
 import { parentPort, workerData } from 'node:worker_threads'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
+import { MAX_RUN_BYTES } from '../src/hw/engine-ops.ts'
 
 const { op, size, seconds, warmSeconds, windowMs, buffers } = workerData as { op: string, size: number, seconds: number, warmSeconds: number, windowMs?: number, buffers: number }
 const inputs = Array.from({ length: buffers }, () => crypto.randomBytes(size))
 const outputs = Array.from({ length: buffers }, () => Buffer.alloc(size + 1024))
-/** MAX_RUN_BYTES of src/hw/engine-ops.ts */
-const AES_RUN_BYTES = 256 * 1024
 const key = crypto.randomBytes(32)
 const iv = crypto.randomBytes(12)
 const run = (i: number): void => {
@@ -25,10 +24,9 @@ const run = (i: number): void => {
   if (op === 'sha256') crypto.hash('sha256', input, 'buffer').copy(out)
   else if (op === 'deflate') zlib.deflateRawSync(input, { level: 1 }).copy(out)
   else {
-    // in the engines' runs of at most 256 KiB (MAX_RUN_BYTES in src/hw/engine-ops.ts),
-    // whose outputs are copied out while still in the cache
+    // in the engines' runs, whose outputs are copied out while still in the cache
     const c = crypto.createCipheriv('aes-256-gcm', key, iv)
-    for (let o = 0; o < size; o += AES_RUN_BYTES) c.update(input.subarray(o, Math.min(size, o + AES_RUN_BYTES))).copy(out, o)
+    for (let o = 0; o < size; o += MAX_RUN_BYTES) c.update(input.subarray(o, Math.min(size, o + MAX_RUN_BYTES))).copy(out, o)
     c.final()
     c.getAuthTag().copy(out, size)
   }

@@ -293,7 +293,6 @@ export class AccelDevice implements QueueHost {
    */
   #next (): Entry | undefined {
     const busy = this.#busy
-    const quantum = this.config.arbiterQuantum
     // each queue with work is visited at most twice: once to refill its credit, once to take
     let visits = 0
     while (busy.length > 0 && visits <= 2 * busy.length) {
@@ -304,13 +303,13 @@ export class AccelDevice implements QueueHost {
         continue
       }
       visits++
-      if (!visitOver(q, q.priority, quantum)) {
+      if (!visitOver(q, q.priority, q.quantum)) {
         const e = q.take()
         if (e !== undefined) {
           if (q.pending === 0) {
             // emptied: off the list now rather than on the next visit
             this.#unbusy()
-          } else if (served(q, e.desc, q.priority, quantum)) {
+          } else if (served(q, e.desc, q.priority, q.quantum)) {
             // The visit over: the next one begins now, and the next queue's turn, so the
             // next call starts at the queue it takes from, not one step before it.
             beginVisit(q, q.priority)

@@ -196,7 +196,7 @@ const runStage = new Uint8Array(RUN_BYTES)
  * pieces the buffer is still in the cache for the second and third (one thread: 2.84-2.92
  * GB/s whole, 3.03-3.12 in 256 KiB pieces, thirteenth session).
  */
-const MAX_RUN_BYTES = 256 * 1024
+export const MAX_RUN_BYTES = 256 * 1024
 
 /**
  * Calls fn over the first `len` bytes of an Sg in order, in views of at least RUN_BYTES

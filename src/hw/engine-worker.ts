@@ -205,7 +205,6 @@ function main (data: EngineWorkerData): void {
       }
       let announced = performance.now()
       const started = announced
-      let announcedMid = false
       // the word halfway through the batch; the tail once this batch has announced
       let half = (head + ((tail - head) >>> 1)) | 0
       while (head !== tail) {
@@ -253,7 +252,6 @@ function main (data: EngineWorkerData): void {
             Atomics.notify(cqh, CQ.TAIL)
             announced = now
             lastAnnounce = now
-            announcedMid = true
             half = tail
           }
         }
@@ -267,7 +265,8 @@ function main (data: EngineWorkerData): void {
       // with nothing behind it, or short enough not to have announced, announces its end as
       // before (the doorbell's single tenant lost 6 points when short batches skipped it),
       // and notifyAfterMs bounds how long completions go unannounced.
-      if (!announcedMid || Atomics.load(sqh, SQ.TAIL) === head || lastWork - lastAnnounce > notifyAfterMs) {
+      // (lastAnnounce < started: this batch has not announced)
+      if (lastAnnounce < started || Atomics.load(sqh, SQ.TAIL) === head || lastWork - lastAnnounce > notifyAfterMs) {
         Atomics.notify(cqh, CQ.TAIL)
         lastAnnounce = lastWork
       }
