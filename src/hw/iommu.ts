@@ -464,30 +464,40 @@ export class Iommu {
     a.addRange(va, va + len)
     const addrs = sg.addrs
     const lens = sg.lens
+    // the access's frame list filled in place, and the segment's end kept in a local:
+    // 18 ns a page against 20.6 through addFrame and the arrays (fourteenth session)
+    const mem = this.mem
+    const frames = a.frames
+    const ctx = a.ctx
+    let nframes = a.nframes
     let done = 0
     let k = 0
     let code = 0
+    // where the last segment ends: a page that starts there extends it
+    let end = -1
+    let inPage = va & (PAGE_SIZE - 1)
     while (done < len) {
-      const addr = va + done
-      const frame = tlb.translate(a.ctx, addr, write)
+      const frame = tlb.translate(ctx, va + done, write)
       if (frame < 0) {
         code = frame
         break
       }
-      this.mem.get(frame)
-      a.addFrame(frame)
-      const inPage = addr & (PAGE_SIZE - 1)
+      mem.get(frame)
+      frames[nframes++] = frame
       const n = Math.min(PAGE_SIZE - inPage, len - done)
       const at = frame * PAGE_SIZE + inPage
-      if (k > 0 && addrs[k - 1] + lens[k - 1] === at) {
+      if (at === end) {
         lens[k - 1] += n
       } else {
         addrs[k] = at
         lens[k] = n
         k++
       }
+      end = at + n
       done += n
+      inPage = 0
     }
+    a.nframes = nframes
     // a length store runs through V8's runtime even when nothing changes
     if (addrs.length !== k) {
       addrs.length = k

@@ -12,6 +12,7 @@ import { TASK_SIZE, Xlate, type IommuAddressSpace, type IommuFault } from '../hw
 import { FileKind, type File, type FileMapper } from './file.ts'
 import { MmuNotifierChain, NotifyEvent } from './mmu-notifier.ts'
 import type { PageMeta } from './page-meta.ts'
+import { PageTable } from './page-table.ts'
 import { Prot, Vma } from './vma.ts'
 
 /** PTE bits below the frame number: pte = frame * 8 + bits. */
@@ -100,7 +101,7 @@ function pageCeil (a: number): number { return Math.ceil(a / PAGE_SIZE) * PAGE_S
 export class Mm implements IommuAddressSpace, FileMapper {
   readonly vmas: Vma[] = []
   /** virtual page number to pte */
-  readonly pt = new Map<number, number>()
+  readonly pt = new PageTable()
   readonly notifiers = new MmuNotifierChain()
   readonly faultQueue: IommuFault[] = []
   faultsTotal = 0
