@@ -244,6 +244,17 @@ t.test('submit refuses what it cannot take, and bad jobs', async t => {
   t.equal(entryWords(crcJob(1, merged, 350)), entryWords(crcJob(1, { addrs: [0], lens: [1] }, 1)))
   t.equal(pool.submit(crcJob(80, merged, 350)), 1)
   t.equal(pool.waitJob(80)?.value, crc32Js(M.subarray(f * PAGE_SIZE, f * PAGE_SIZE + 350)))
+  // A list of adjacent segments takes one segment's words: the ring is filled by what
+  // the jobs take once merged, not by their unmerged length, and a job whose unmerged
+  // length alone exceeds the ring is still taken.
+  const ones = (n: number): Sg => ({ addrs: Array.from({ length: n }, (_, i) => f * PAGE_SIZE + i), lens: new Array<number>(n).fill(1) })
+  const pool3 = new EnginePool({ mem, workers: 1, ringBytes: 4096, maxInflight: 1000 })
+  const oneWords = entryWords(crcJob(0, ones(100), 100))
+  t.equal(oneWords, 14 + 3)
+  t.equal(pool3.submit(crcJob(0, ones(400), 400)), 1, '400 unmerged segments are 1214 words, merged 17')
+  t.equal(pool3.waitJob(0)?.value, crc32Js(M.subarray(f * PAGE_SIZE, f * PAGE_SIZE + 400)))
+  const m = pool3.submit(Array.from({ length: 100 }, (_, k) => crcJob(k + 1, ones(100), 100)))
+  t.ok(m >= Math.floor(1024 / oneWords) - 1, `the ring took ${m} jobs of ${oneWords} words (not of ${14 + 300})`)
   // the ring holds about 1000 words: 40-word jobs fill it before maxInflight
   const pool2 = new EnginePool({ mem, workers: 1, ringBytes: 4096, maxInflight: 1000 })
   const pages = sgOf(inFrames, 0, 9 * PAGE_SIZE)
@@ -251,7 +262,7 @@ t.test('submit refuses what it cannot take, and bad jobs', async t => {
   const words = entryWords(wide(0))
   const n = pool2.submit(Array.from({ length: 100 }, (_, k) => wide(k)))
   t.equal(n, Math.floor(1024 / words), `the ring took ${n} jobs of ${words} words`)
-  await Promise.all([pool.close(), pool2.close()])
+  await Promise.all([pool.close(), pool2.close(), pool3.close()])
   t.throws(() => pool.submit(small(90)), /closed/)
 })
 
