@@ -112,7 +112,14 @@ export class AccelDevice implements QueueHost {
   #lastCtxList: CtxList | undefined
   #lastCtx = -1
   readonly #drains: Entry[] = []
-  #finished: Entry[] = []
+  /**
+   * Entries the engines finished, the first #finishedCount, for #finishAll; it swaps in
+   * #finishedSpare, the list it went through last, emptied slot by slot. A fresh array
+   * each time grew element by element, and `length = 0` gives the capacity back.
+   */
+  #finished: Array<Entry | undefined> = []
+  #finishedCount = 0
+  #finishedSpare: Array<Entry | undefined> = []
   /** the completion record being delivered: listeners copy what they keep */
   readonly #record = new Uint8Array(CR_SIZE)
   readonly #recordView = new DataView(this.#record.buffer)
@@ -309,7 +316,7 @@ export class AccelDevice implements QueueHost {
           if (q.pending === 0) {
             // emptied: off the list now rather than on the next visit
             this.#unbusy()
-          } else if (served(q, e.desc, q.priority, q.quantum)) {
+          } else if (served(q, q.takenCost, q.priority, q.quantum)) {
             // The visit over: the next one begins now, and the next queue's turn, so the
             // next call starts at the queue it takes from, not one step before it.
             beginVisit(q, q.priority)
@@ -607,7 +614,7 @@ export class AccelDevice implements QueueHost {
     // The engine is done with the frames: a notifier waiting on this access may go on.
     this.#releaseAccess(e)
     e.engine = r
-    this.#finished.push(e)
+    this.#finished[this.#finishedCount++] = e
     if (!this.#finishScheduled) {
       this.#finishScheduled = true
       // Not from inside a notifier's wait: records and new work wait for the current change.
@@ -629,12 +636,15 @@ export class AccelDevice implements QueueHost {
     this.#finishScheduled = false
     // one clock read for the latencies of the whole batch
     this.#finishNow = performance.now()
+    // the other array: completions that arrive meanwhile wait for the next task
+    const done = this.#finished
+    const n = this.#finishedCount
+    this.#finished = this.#finishedSpare
+    this.#finishedCount = 0
     try {
-      // a fresh array: completions that arrive meanwhile wait for the next task
-      const done = this.#finished
-      this.#finished = []
-      for (let i = 0; i < done.length; i++) {
-        const e = done[i]
+      for (let i = 0; i < n; i++) {
+        const e = done[i] as Entry
+        done[i] = undefined
         const r = e.engine as EngineResult
         e.engine = undefined
         const d = e.desc
@@ -654,6 +664,7 @@ export class AccelDevice implements QueueHost {
       }
     } finally {
       this.#finishNow = -1
+      this.#finishedSpare = done
     }
     this.#pump()
   }

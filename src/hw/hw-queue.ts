@@ -60,10 +60,10 @@ export function visitOver (v: Visit, weight: number, quantum: number): boolean {
   return v.credit <= 0 && v.spent >= weight * quantum
 }
 
-/** Counts the descriptor `d` as served in the visit; answers whether the visit is over. */
-export function served (v: Visit, d: Uint8Array, weight: number, quantum: number): boolean {
+/** Counts a descriptor of arbiterCost `cost` as served in the visit; answers whether the visit is over. */
+export function served (v: Visit, cost: number, weight: number, quantum: number): boolean {
   v.credit--
-  v.spent += arbiterCost(d)
+  v.spent += cost
   return visitOver(v, weight, quantum)
 }
 
@@ -249,6 +249,11 @@ export class HwQueue implements Visit {
   spent = 0
   /** the device's arbiter quantum (DeviceConfig.arbiterQuantum), which its PASIDs share by weight too */
   readonly quantum: number
+  /**
+   * The arbiterCost of the entry the last take answered, for the device arbiter's own
+   * count: read once, where the descriptor's bytes were read twice.
+   */
+  takenCost = 0
   /** on the device's list of queues with work (the arbiter's to set and clear) */
   busy = false
   readonly faultTimes: number[] = []
@@ -401,6 +406,8 @@ export class HwQueue implements Visit {
       }
       lane.items[lane.head++] = undefined as unknown as Entry
       this.#pending--
+      const cost = arbiterCost(e.desc)
+      this.takenCost = cost
       if (lane.head === lane.items.length) {
         // Drained: out of the order at once, so no later take visits it empty.
         this.#idle(lane, this.#cursor)
@@ -411,7 +418,7 @@ export class HwQueue implements Visit {
         }
         // The visit over: the next one begins now, and the next lane's turn, so the next
         // take starts where it takes rather than stepping past this one first.
-        if (served(lane, e.desc, lane.weight, this.quantum)) {
+        if (served(lane, cost, lane.weight, this.quantum)) {
           beginVisit(lane, lane.weight)
           this.#cursor++
         }
