@@ -338,6 +338,15 @@ export class HwQueue implements Visit {
       words = staging
     }
     const ring = this.#ring32
+    // Slots freed in completion order come off the stack in order, so a write's slots are
+    // usually one run: one native copy for all of them rather than 16 stores each.
+    const first = free[base]
+    let run = 1
+    while (run < n && free[base + run] === first + run) run++
+    if (run === n && n > 1) {
+      ring.set(words.length === n * DESC_WORDS ? words : words.subarray(0, n * DESC_WORDS), first * DESC_WORDS)
+      return
+    }
     for (let i = 0; i < n; i++) {
       const to = free[base + i] * DESC_WORDS
       const from = i * DESC_WORDS
