@@ -460,8 +460,33 @@ export class Iommu {
    * (0 when none): the device's front end calls this for every buffer of every
    * descriptor, and a result object and a frame list per call were garbage per buffer.
    */
+  /**
+   * holdInto of a buffer within one page, most descriptors' buffers: without the loop's
+   * bookkeeping, a 64-byte buffer cost 38 ns a call against 18 ns a page of a long one.
+   */
+  #holdInPage (tlb: Iotlb, a: DeviceAccess, va: number, inPage: number, len: number, write: boolean, sg: SgList): number {
+    const addrs = sg.addrs
+    const lens = sg.lens
+    const frame = tlb.translate(a.ctx, va, write)
+    const k = frame < 0 ? 0 : 1
+    if (frame >= 0) {
+      this.mem.get(frame)
+      a.frames[a.nframes++] = frame
+      addrs[0] = frame * PAGE_SIZE + inPage
+      lens[0] = len
+    }
+    if (addrs.length !== k) {
+      addrs.length = k
+      lens.length = k
+    }
+    this.holdFault = frame < 0 ? frame : 0
+    return frame < 0 ? 0 : len
+  }
+
   holdInto (tlb: Iotlb, a: DeviceAccess, va: number, len: number, write: boolean, sg: SgList): number {
     a.addRange(va, va + len)
+    const inFirst = va & (PAGE_SIZE - 1)
+    if (len > 0 && inFirst + len <= PAGE_SIZE) return this.#holdInPage(tlb, a, va, inFirst, len, write, sg)
     const addrs = sg.addrs
     const lens = sg.lens
     // the access's frame list filled in place, and the segment's end kept in a local:
