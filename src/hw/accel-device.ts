@@ -472,7 +472,9 @@ export class AccelDevice implements QueueHost {
       const len = role === Role.DST && opcode <= Opcode.COMPARE ? Math.min(regions.len[i], job.size) : regions.len[i]
       if (len === 0) continue
       const sg = job.own[role]
-      const done = this.iommu.holdInto(this.iotlb, access, va, len, write, sg)
+      const done = (va & (PAGE_SIZE - 1)) + len <= PAGE_SIZE
+        ? this.iommu.holdInPage(this.iotlb, access, va, len, write, sg)
+        : this.iommu.holdInto(this.iotlb, access, va, len, write, sg)
       const code = this.iommu.holdFault
       if (role === Role.KEY) job.key = sg
       else if (role === Role.IV) job.iv = sg
