@@ -461,9 +461,9 @@ export function entryWords (job: EngineJob): number {
 
 /**
  * entryWords or more, without its pass over the segments: the device's lists come merged
- * already (Iommu.holdInto), so this is nearly always exact, and a ring that cannot take
- * it is asked again with the exact count. The pass per job was a twentieth of the
- * device's main-thread time in the doorbell's 16-tenant MEMMOVE case (fourteenth session).
+ * already (Iommu.holdInto, holdInPage), so this is nearly always exact, and a ring that
+ * cannot take it is asked again with the exact count. The pass per job was 1.1% of the
+ * main thread in the doorbell's 16-tenant MEMMOVE case (fourteenth session).
  */
 function entryWordsBound (job: EngineJob): number {
   return SE.HEADER_WORDS + SE.SEG_WORDS *

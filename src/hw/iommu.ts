@@ -102,11 +102,6 @@ export class DeviceAccess {
     this.iommu = iommu
   }
 
-  /** Holds `frame` (its reference is already taken). */
-  addFrame (frame: number): void {
-    this.frames[this.nframes++] = frame
-  }
-
   addRange (start: number, end: number): void {
     this.ranges[this.nranges++] = start
     this.ranges[this.nranges++] = end
@@ -451,16 +446,6 @@ export class Iommu {
   holdFault = 0
 
   /**
-   * Translates [va, va+len) for an access, one page at a time, holding each frame, and
-   * refills `sg` with the physical segments of what translated, physically adjacent pages
-   * in one segment: a 1 MiB buffer in 256 segments cost the main thread two more passes
-   * over each at the engine ring (AES-256-GCM at 1 MiB, alternated runs: 78-80% of the
-   * bare rate with a segment a page, 81-88% merged; tenth session). Answers
-   * the bytes translated before the first fault, whose code it leaves in `holdFault`
-   * (0 when none): the device's front end calls this for every buffer of every
-   * descriptor, and a result object and a frame list per call were garbage per buffer.
-   */
-  /**
    * holdInto of a buffer of 1 to PAGE_SIZE - (va % PAGE_SIZE) bytes, within one page, as
    * most descriptors' buffers are: without the loop's bookkeeping, and small enough for
    * V8 to inline where holdInto is not. A 64-byte buffer cost 38 ns a call through
@@ -487,12 +472,23 @@ export class Iommu {
     return frame < 0 ? 0 : len
   }
 
+  /**
+   * Translates [va, va+len) for an access, one page at a time, holding each frame, and
+   * refills `sg` with the physical segments of what translated, physically adjacent pages
+   * in one segment: a 1 MiB buffer in 256 segments cost the main thread two more passes
+   * over each at the engine ring (AES-256-GCM at 1 MiB, alternated runs: 78-80% of the
+   * bare rate with a segment a page, 81-88% merged; tenth session). Answers
+   * the bytes translated before the first fault, whose code it leaves in `holdFault`
+   * (0 when none): the device's front end calls this for every buffer that spans pages
+   * (holdInPage takes the others), and a result object and a frame list per call were
+   * garbage per buffer.
+   */
   holdInto (tlb: Iotlb, a: DeviceAccess, va: number, len: number, write: boolean, sg: SgList): number {
     a.addRange(va, va + len)
     const addrs = sg.addrs
     const lens = sg.lens
     // the access's frame list filled in place, and the segment's end kept in a local:
-    // 18 ns a page against 20.6 through addFrame and the arrays (fourteenth session)
+    // 18 ns a page against 20.6 through a method per frame (fourteenth session)
     const mem = this.mem
     const frames = a.frames
     const ctx = a.ctx
