@@ -5,10 +5,11 @@
  * never sees undefined behaviour: whole words when the two ends sit at the same offset
  * modulo 8, otherwise a byte at a time. On this project's machines that is about 3 GB/s
  * unaligned and 20-25 GB/s aligned, where a plain memcpy runs at 28-80 GB/s
- * (bench/RESULTS.md, thirteenth session). `Buffer.prototype.fill` with a Uint8Array of the region's length is
- * one such memcpy in Node's C++, whatever the phases; it costs some 50 ns a call where
- * `set` costs 15, so short copies keep `set`. Racing engines and tenants may see a torn
- * copy either way, as they would on hardware: nothing here orders two threads' bytes.
+ * (bench/RESULTS.md, thirteenth session). `Buffer.prototype.fill` with a Uint8Array of
+ * the region's length is one such memcpy in Node's C++, whatever the phases; it costs
+ * some 50 ns a call where `set` costs 15, so short copies keep `set`. Racing engines and
+ * tenants may see a torn copy either way, as they would on hardware: nothing here orders
+ * two threads' bytes.
  *
  * Each thread (main, every engine) has its own scratch: these calls are synchronous and
  * never re-entered, so one buffer per thread serves them all.

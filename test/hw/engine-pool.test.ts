@@ -248,13 +248,19 @@ t.test('submit refuses what it cannot take, and bad jobs', async t => {
   // the jobs take once merged, not by their unmerged length, and a job whose unmerged
   // length alone exceeds the ring is still taken.
   const ones = (n: number): Sg => ({ addrs: Array.from({ length: n }, (_, i) => f * PAGE_SIZE + i), lens: new Array<number>(n).fill(1) })
-  const pool3 = new EnginePool({ mem, workers: 1, ringBytes: 4096, maxInflight: 1000 })
+  const values3 = new Map<number, number>()
+  const pool3 = new EnginePool({ mem, workers: 1, ringBytes: 4096, maxInflight: 1000, onComplete: (id, r) => { values3.set(id, r.value) } })
   const oneWords = entryWords(crcJob(0, ones(100), 100))
   t.equal(oneWords, 14 + 3)
   t.equal(pool3.submit(crcJob(0, ones(400), 400)), 1, '400 unmerged segments are 1214 words, merged 17')
   t.equal(pool3.waitJob(0)?.value, crc32Js(M.subarray(f * PAGE_SIZE, f * PAGE_SIZE + 400)))
   const m = pool3.submit(Array.from({ length: 100 }, (_, k) => crcJob(k + 1, ones(100), 100)))
   t.ok(m >= Math.floor(1024 / oneWords) - 1, `the ring took ${m} jobs of ${oneWords} words (not of ${14 + 300})`)
+  // and each of them ran over the bytes its entry names: an entry sized wrong in the ring
+  // misplaces every entry after it
+  pool3.waitJob(m)
+  const crc100 = crc32Js(M.subarray(f * PAGE_SIZE, f * PAGE_SIZE + 100))
+  t.ok(Array.from({ length: m }, (_, k) => k + 1).every(id => values3.get(id) === crc100), 'every job taken computed its CRC')
   // the ring holds about 1000 words: 40-word jobs fill it before maxInflight
   const pool2 = new EnginePool({ mem, workers: 1, ringBytes: 4096, maxInflight: 1000 })
   const pages = sgOf(inFrames, 0, 9 * PAGE_SIZE)
