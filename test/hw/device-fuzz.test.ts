@@ -982,12 +982,20 @@ t.test('hostile descriptors: no throw, one completion each, no write outside the
  * if the queue cannot be had. The teardown resets the device when work is still outstanding
  * (a regression that hangs again), or close() would wait for it for ever.
  */
-function dedicatedRig (t: Test): { rig: Rig, c: Collector } | undefined {
+/**
+ * A device of one dedicated queue, its engine started: the regression tests below bound
+ * their waits, and an engine worker takes 0.7-0.9 s to start under tsx on an idle
+ * machine, 1.5-1.9 s beside four busy processes (fifteenth session). CI's run once
+ * failed "the FENCE behind it runs" with the FENCE (a NOOP, which goes to an engine)
+ * still waiting for its engine when a 1 s bound ran out.
+ */
+async function dedicatedRig (t: Test): Promise<{ rig: Rig, c: Collector } | undefined> {
   const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
   t.teardown(async () => {
     if (rig.dev.outstanding > 0) rig.dev.reset('teardown')
     await rig.close()
   })
+  await rig.dev.pool.ready()
   const q = rig.dev.allocQueue('dedicated')
   if (q === undefined) {
     t.fail('no queue')
@@ -1000,7 +1008,7 @@ function dedicatedRig (t: Test): { rig: Rig, c: Collector } | undefined {
 // there all the same: 32 bytes from the translated address, so one within 32 bytes of a
 // page end ran into the next physical frame, here another process's.
 t.test('regression: a misaligned completion_addr near a page end gets no record', async t => {
-  const set = dedicatedRig(t)
+  const set = await dedicatedRig(t)
   if (set === undefined) return
   const { rig, c } = set
   const other = rig.kernel.createProcess('victim')
@@ -1023,7 +1031,7 @@ t.test('regression: a misaligned completion_addr near a page end gets no record'
 // A DRAIN member waited for every earlier descriptor of its PASID, its own BATCH included,
 // which waited for the DRAIN: neither was ever answered.
 t.test('regression: DRAIN as a member of a BATCH completes', async t => {
-  const set = dedicatedRig(t)
+  const set = await dedicatedRig(t)
   if (set === undefined) return
   const { rig, c } = set
   const arr = rig.map(P)
@@ -1031,7 +1039,7 @@ t.test('regression: DRAIN as a member of a BATCH completes', async t => {
   const batch = encode([{ opcode: Opcode.BATCH, src: arr, size: 1, tag: 1n }])
   t.comment(`member: ${Buffer.from(rig.load(arr, 64)).toString('hex')}; batch: ${Buffer.from(batch).toString('hex')}`)
   t.equal(c.port.submit(batch, 0, 1), 1)
-  await c.waitFor(2, 1000).catch(() => {})
+  await c.waitFor(2, RUN_TIMEOUT_MS).catch(() => {})
   t.equal(c.completions.get(2n)?.[0].status, Status.SUCCESS, 'the DRAIN member completes')
   t.equal(c.completions.get(1n)?.[0].status, Status.SUCCESS, 'and so does its BATCH')
   t.equal(rig.dev.outstanding, 0, 'nothing left outstanding')
@@ -1041,7 +1049,7 @@ t.test('regression: DRAIN as a member of a BATCH completes', async t => {
 // BATCH whose last member's record waited for a page request) retired without running the
 // arbiter: a FENCE behind it waited for some unrelated doorbell write.
 t.test('regression: a FENCE behind a descriptor answered after a page request runs', async t => {
-  const set = dedicatedRig(t)
+  const set = await dedicatedRig(t)
   if (set === undefined) return
   const { rig, c } = set
   const ro = rig.map(P, Prot.READ)
@@ -1052,7 +1060,7 @@ t.test('regression: a FENCE behind a descriptor answered after a page request ru
   ])
   t.comment(`descriptors: ${Buffer.from(descs).toString('hex')}`)
   t.equal(c.port.submit(descs, 0, 2), 2)
-  await c.waitFor(2, 1000).catch(() => {})
+  await c.waitFor(2, RUN_TIMEOUT_MS).catch(() => {})
   t.equal(c.completions.get(1n)?.[0].status, Status.PAGE_FAULT, 'the FILL to a read-only page faults')
   t.equal(c.completions.get(2n)?.[0].status, Status.SUCCESS, 'the FENCE behind it runs, with no other doorbell write')
   // a BATCH whose member's record waits for a page request (that fails: read-only page)
@@ -1061,13 +1069,13 @@ t.test('regression: a FENCE behind a descriptor answered after a page request ru
   const more = encode([{ opcode: Opcode.BATCH, src: arr, size: 1, tag: 10n }, { opcode: Opcode.NOOP, flags: Flag.FENCE, tag: 12n }])
   t.comment(`descriptors: ${Buffer.from(more).toString('hex')}`)
   t.equal(c.port.submit(more, 0, 2), 2)
-  await c.waitFor(5, 1000).catch(() => {})
+  await c.waitFor(5, RUN_TIMEOUT_MS).catch(() => {})
   t.equal(c.completions.get(10n)?.[0].status, Status.SUCCESS, 'the BATCH completes')
   t.equal(c.completions.get(12n)?.[0].status, Status.SUCCESS, 'and the FENCE behind it runs')
 })
 
 t.test('regression: a BLOCK_ON_FAULT BATCH whose array is not yet present asks for its pages', async t => {
-  const set = dedicatedRig(t)
+  const set = await dedicatedRig(t)
   if (set === undefined) return
   const { rig, c } = set
   // Mapped, never touched: two all-zero members, which are NOOPs tagged 0.
