@@ -236,11 +236,19 @@ export class HwQueue implements Visit {
   /** a view of each ring slot, made once */
   readonly #slots: Uint8Array[]
   /**
-   * Free ring slots, a stack: the slots just freed are the ones reused, still in cache (a
-   * FIFO rotating through the whole ring cost more in cache misses).
+   * Free ring slots, a bitmap (bit set: free); a write takes the lowest free slots, in
+   * order. The slots in use stay at the bottom of the ring, in cache (a FIFO rotating
+   * through the whole ring cost more in cache misses), and a write's slots are runs of
+   * consecutive slots, copied whole. A stack of freed slots reused the last freed first
+   * and kept any shuffle for ever: once two engines' completions interleaved, the
+   * device benchmark's writes were runs of one slot, copied word by word.
    */
-  readonly #freeSlots: Int32Array
-  #freeTop = 0
+  readonly #freeBits: Int32Array
+  /** the lowest word of #freeBits that may have a bit set */
+  #freeLow = 0
+  #freeCount = 0
+  /** the slots the last write took, in order */
+  readonly #taken: Int32Array
   readonly #lanes = new Map<number, Lane>()
   /** the lane the last enqueue used: a doorbell write's descriptors share one */
   #lastLane: Lane | undefined
@@ -272,9 +280,10 @@ export class HwQueue implements Visit {
     this.ring = new Uint8Array(depth * DESC_SIZE)
     this.#ring32 = new Int32Array(this.ring.buffer)
     this.#slots = Array.from({ length: depth }, (_, i) => this.ring.subarray(i * DESC_SIZE, (i + 1) * DESC_SIZE))
-    this.#freeSlots = new Int32Array(depth)
-    for (let i = 0; i < depth; i++) this.#freeSlots[i] = i
-    this.#freeTop = depth
+    this.#freeBits = new Int32Array((depth + 31) >>> 5)
+    for (let i = 0; i < depth; i++) this.#freeBits[i >>> 5] |= 1 << (i & 31)
+    this.#freeCount = depth
+    this.#taken = new Int32Array(depth)
   }
 
   get occupancy (): number { return this.#occupancy }
@@ -292,11 +301,13 @@ export class HwQueue implements Visit {
       this.counters.disabled += count
       return 0
     }
-    const n = Math.min(count, this.#freeTop)
-    const free = this.#freeSlots
-    const base = this.#freeTop - n
-    if (n > 0) this.#copyDescriptors(buf, off, free, base, n)
-    this.#freeTop = base
+    const n = Math.min(count, this.#freeCount)
+    const free = this.#taken
+    const base = 0
+    if (n > 0) {
+      this.#takeSlots(n)
+      this.#copyDescriptors(buf, off, free, base, n)
+    }
     const now = n > 0 ? performance.now() : 0
     const pasid = port.pasid
     const ring32 = this.#ring32
@@ -322,6 +333,27 @@ export class HwQueue implements Visit {
     return n
   }
 
+  /** Takes the `n` lowest free slots (n <= #freeCount) into #taken, in order. */
+  #takeSlots (n: number): void {
+    const bits = this.#freeBits
+    const taken = this.#taken
+    let w = this.#freeLow
+    let b = bits[w]
+    for (let i = 0; i < n; i++) {
+      while (b === 0) {
+        bits[w] = 0
+        b = bits[++w]
+      }
+      // the lowest set bit, and the word without it
+      const low = b & -b
+      taken[i] = (w << 5) | (31 - Math.clz32(low))
+      b ^= low
+    }
+    bits[w] = b
+    this.#freeLow = w
+    this.#freeCount -= n
+  }
+
   /**
    * Copies descriptors i < n from `buf` at `off` into slots free[base + i], 16 words each
    * (64 byte stores each were a tenth of the device's main-thread time). A source off a
@@ -341,9 +373,9 @@ export class HwQueue implements Visit {
       words = staging
     }
     const ring = this.#ring32
-    // Slots freed in completion order come off the stack in order, so a write's slots are
-    // a few runs (two, typically, with 16 tenants): a run of RUN_COPY_MIN or more is one
-    // native copy, where 16 word stores a descriptor cost 20 ns against 2.
+    // A write takes the lowest free slots, so its slots are a few runs (a slot still busy
+    // below the others splits one): a run of RUN_COPY_MIN or more is one native copy,
+    // where 16 word stores a descriptor cost 20 ns against 2.
     for (let i = 0; i < n;) {
       const first = free[base + i]
       let run = 1
@@ -394,7 +426,12 @@ export class HwQueue implements Visit {
     else this.#newest = e.qPrev
     e.qPrev = e.qNext = undefined
     this.#occupancy--
-    if (e.slot >= 0) this.#freeSlots[this.#freeTop++] = e.slot
+    if (e.slot >= 0) {
+      const w = e.slot >>> 5
+      this.#freeBits[w] |= 1 << (e.slot & 31)
+      this.#freeCount++
+      if (w < this.#freeLow) this.#freeLow = w
+    }
   }
 
   /**

@@ -181,10 +181,57 @@ t.test('the PASID is the port\'s: forged bytes change nothing; another process\'
   t.equal(copy?.readUInt32LE(DESC.PASID), rig.pasid, 'stamped over the forged bytes')
 })
 
+t.test('a write takes the lowest free ring slots, in order, around a slot still busy', async t => {
+  // One engine, busy with a long DEFLATE in slot 1 while slots 0 and 2 are answered at
+  // once (an unknown opcode): the next write's slots are 0 (a run of one, copied word by
+  // word) and 2 on (a run, copied whole), and each lands where it was put.
+  const rig = new Rig(deviceConfig({ engines: 1, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }] }))
+  t.teardown(() => rig.close())
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const size = 2 ** 20
+  const src = rig.map(size)
+  rig.store(src, rand(size, 7))
+  const out = rig.map(size + P)
+  rig.store(out, new Uint8Array(size + P))
+  const bad = { opcode: 0x7E, tag: 1n }
+  const first = encode([bad, { opcode: Opcode.DEFLATE, src, dst: out, size, dstSize: size + P, tag: 2n, opArgs: opArgs(new Uint8Array([9])) }, { ...bad, tag: 3n }])
+  t.equal(c.port.submit(first, 0, 3), 3)
+  await c.waitFor(2)
+  t.same([c.completions.get(1n)?.[0].status, c.completions.get(3n)?.[0].status], [Status.INVALID_OPCODE, Status.INVALID_OPCODE], 'slots 0 and 2 answered')
+  t.notOk(c.completions.has(2n), 'slot 1 still busy with its DEFLATE')
+  const PER = 12
+  const fills = rig.map(PER * 16)
+  rig.store(fills, new Uint8Array(PER * 16))
+  const descs = Array.from({ length: PER }, (_, i) => ({ opcode: Opcode.FILL, dst: fills + i * 16, size: 16, tag: BigInt(10 + i), opArgs: opArgs(u64(1000 + i)) }))
+  t.equal(c.port.submit(encode(descs), 0, PER), PER)
+  const tagIn = (slot: number): bigint => Buffer.from(q.ring.subarray(slot * DESC_SIZE, (slot + 1) * DESC_SIZE)).readBigUInt64LE(DESC.TAG)
+  t.same([0, 1, 2, 3, PER].map(tagIn), [10n, 2n, 11n, 12n, BigInt(10 + PER - 1)], 'slots 0, 2, 3, ... in order; slot 1 untouched')
+  await c.waitFor(3 + PER)
+  for (let i = 0; i < PER; i++) {
+    const want = Buffer.alloc(16)
+    want.writeBigUInt64LE(BigInt(1000 + i), 0)
+    want.writeBigUInt64LE(BigInt(1000 + i), 8)
+    t.equal(c.completions.get(BigInt(10 + i))?.[0].status, Status.SUCCESS)
+    t.same(Buffer.from(rig.load(fills + i * 16, 16)), want, `FILL ${i} ran as written`)
+  }
+  t.equal(c.completions.get(2n)?.[0].status, Status.SUCCESS, 'and the DEFLATE completed')
+  // writes of 40 take slots across the bitmap's 32-slot words; once they are answered the
+  // next write starts again at slot 0
+  let done = 3 + PER
+  for (let round = 0; round < 4; round++) {
+    const noops = Array.from({ length: 40 }, (_, i) => ({ opcode: Opcode.NOOP, tag: BigInt(1000 * (round + 1) + i) }))
+    t.equal(c.port.submit(encode(noops), 0, 40), 40)
+    t.same([0, 31, 32, 39].map(tagIn), [0, 31, 32, 39].map(i => BigInt(1000 * (round + 1) + i)), `round ${round}: slots 0 to 39, in order`)
+    done += 40
+    await c.waitFor(done)
+  }
+})
+
 t.test('a doorbell write is copied whole, from any byte offset, into whichever slots are free', async t => {
-  // Two engines complete out of order, so later writes get slots in scattered order; the
-  // source sits at every phase of a word (copied in words from where it lies when
-  // aligned, from a staging copy when not).
+  // Two engines; the source sits at every phase of a word (copied in words from where it
+  // lies when aligned, from a staging copy when not).
   const rig = new Rig(deviceConfig({ engines: 2, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }] }))
   t.teardown(() => rig.close())
   const q = rig.dev.allocQueue('dedicated')
