@@ -302,17 +302,16 @@ export class HwQueue implements Visit {
       return 0
     }
     const n = Math.min(count, this.#freeCount)
-    const free = this.#taken
-    const base = 0
+    const taken = this.#taken
     if (n > 0) {
       this.#takeSlots(n)
-      this.#copyDescriptors(buf, off, free, base, n)
+      this.#copyDescriptors(buf, off, taken, 0, n)
     }
     const now = n > 0 ? performance.now() : 0
     const pasid = port.pasid
     const ring32 = this.#ring32
     for (let i = 0; i < n; i++) {
-      const slot = free[base + i]
+      const slot = taken[i]
       const desc = this.#slots[slot]
       // The device stamps the PASID: whatever the tenant wrote there is overwritten. One
       // word store where the host is little-endian (3 ns a descriptor against 6 ns for

@@ -981,13 +981,12 @@ t.test('hostile descriptors: no throw, one completion each, no write outside the
  * A fresh device with one dedicated queue, and a collector on it; undefined, the test failed,
  * if the queue cannot be had. The teardown resets the device when work is still outstanding
  * (a regression that hangs again), or close() would wait for it for ever.
- */
-/**
- * A device of one dedicated queue, its engine started: the regression tests below bound
- * their waits, and an engine worker takes 0.7-0.9 s to start under tsx on an idle
- * machine, 1.5-1.9 s beside four busy processes (fifteenth session). CI's run once
- * failed "the FENCE behind it runs" with the FENCE (a NOOP, which goes to an engine)
- * still waiting for its engine when a 1 s bound ran out.
+ *
+ * Its engine is started before it is handed out: the regression tests below bound their
+ * waits, and an engine worker takes 0.7-0.9 s to start under tsx on an idle machine,
+ * 1.5-1.9 s beside four busy processes (fifteenth session). A CI run failed "the FENCE
+ * behind it runs" with the FENCE (a NOOP, which goes to an engine) still waiting for its
+ * engine when a 1 s bound ran out.
  */
 async function dedicatedRig (t: Test): Promise<{ rig: Rig, c: Collector } | undefined> {
   const rig = new Rig(deviceConfig({ queues: [{ mode: 'dedicated', depth: 16, priority: 1 }] }), PHYS_PAGES)
