@@ -880,10 +880,7 @@ export class AccelDevice implements QueueHost {
   abortPort (port: QueuePort): void {
     const q = port.queue
     this.#markAborted(e => e.port === port)
-    for (const e of q.takeAllPending()) {
-      if (e.port === port) this.#complete(e, Status.ABORTED)
-      else this.#enqueue(q, e)
-    }
+    for (const e of q.takePending(port)) this.#complete(e, Status.ABORTED)
     for (const dr of [...this.#drains]) if (dr.aborted) this.#checkDrains(dr.ctx)
   }
 

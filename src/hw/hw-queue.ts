@@ -493,6 +493,35 @@ export class HwQueue implements Visit {
   }
 
   /** Removes and answers every entry not yet started (for a reset or a release). */
+  /**
+   * Takes out the entries `port` submitted that have not started, in order; the others
+   * stay where they wait. (Taking all and enqueueing the others again linked them into
+   * the outstanding list a second time: the occupancy never came back down, and a FENCE
+   * behind them waited for ever.)
+   */
+  takePending (port: QueuePort): Entry[] {
+    const out: Entry[] = []
+    const order = this.#order
+    for (let k = order.length - 1; k >= 0; k--) {
+      const lane = order[k]
+      let kept = lane.head
+      for (let i = lane.head; i < lane.items.length; i++) {
+        const e = lane.items[i]
+        if (e.port === port) out.push(e)
+        else lane.items[kept++] = e
+      }
+      lane.items.length = kept
+      if (kept === lane.head) {
+        this.#idle(lane, k)
+        if (k < this.#cursor) this.#cursor--
+      }
+    }
+    this.#pending -= out.length
+    // lanes were walked last first; the entries of each lane are in order
+    out.sort((a, b) => a.seq - b.seq)
+    return out
+  }
+
   takeAllPending (): Entry[] {
     const out: Entry[] = []
     for (const lane of this.#order) {

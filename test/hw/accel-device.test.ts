@@ -429,6 +429,35 @@ t.test('a visit of the arbiter goes on through a quantum of small descriptors, a
   t.same(runs(order), ['000', '2', '000', '2', '000', '2', '000', '2'], 'three of queue 0 for each of queue 2')
 })
 
+t.test('a port leaving a shared queue takes only its own waiting work out', async t => {
+  // Its waiting descriptors complete ABORTED; the other PASID's, queued around them, stay
+  // queued once (they used to be queued a second time: the occupancy never came back to
+  // 0, and a FENCE behind them never ran).
+  const rig = new Rig(deviceConfig({ queues: [{ mode: 'shared', depth: 64, priority: 1 }] }))
+  t.teardown(() => rig.close())
+  await rig.dev.pool.ready()
+  const q = rig.dev.sharedQueue()
+  const other = rig.kernel.bindPasid(rig.kernel.createProcess('u'))
+  if (q === undefined || !other.ok) return t.fail('no shared queue, or no second PASID')
+  const mine = rig.collector(q)
+  const theirs = rig.collector(q, other.value)
+  const noops = (...tags: number[]): Uint8Array => encode(tags.map(tag => ({ opcode: Opcode.NOOP, tag: BigInt(tag) })))
+  // writes of fewer than 8 wait for the arbiter's next turn: all are still queued here
+  t.equal(theirs.port.submit(noops(1, 2, 3), 0, 3), 3)
+  t.equal(mine.port.submit(noops(4, 5, 6), 0, 3), 3)
+  t.equal(theirs.port.submit(noops(7, 8), 0, 2), 2)
+  t.equal(q.occupancy, 8)
+  rig.dev.abortPort(mine.port)
+  t.same([4n, 5n, 6n].map(tag => mine.completions.get(tag)?.[0].status), [Status.ABORTED, Status.ABORTED, Status.ABORTED], 'the leaving port\'s work aborted')
+  t.equal(q.occupancy, 5, 'the other PASID\'s five still queued, once')
+  await theirs.waitFor(5)
+  t.same([1n, 2n, 3n, 7n, 8n].map(tag => theirs.completions.get(tag)?.[0].status), Array(5).fill(Status.SUCCESS), 'and they ran')
+  t.equal(q.occupancy, 0, 'the queue is empty again')
+  t.equal(theirs.port.submit(encode([{ opcode: Opcode.NOOP, flags: Flag.FENCE, tag: 9n }]), 0, 1), 1)
+  await theirs.waitFor(6, 4000).catch(() => {})
+  t.equal(theirs.completions.get(9n)?.[0].status, Status.SUCCESS, 'a FENCE behind them runs')
+})
+
 t.test('a shared queue\'s PASIDs share a quantum by weight too', async t => {
   const { rig, order, a, b } = sharedRig(2048)
   t.teardown(() => rig.close())
