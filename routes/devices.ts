@@ -35,6 +35,7 @@ export function viewDevice (d: DeviceEntry): DeviceView {
   return {
     ...dev.attributes(),
     outstanding: dev.outstanding,
+    inlineJobs: dev.inlineJobs,
     queues: dev.queues.map(q => ({
       index: q.index,
       mode: q.mode,

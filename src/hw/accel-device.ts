@@ -16,7 +16,7 @@ import {
 } from './descriptor.ts'
 import type { DeviceConfig } from './device-config.ts'
 import { EnginePool, type EnginePoolOptions, type PoolJob } from './engine-pool.ts'
-import type { EngineResult, Sg } from './engine-ops.ts'
+import { runOp, type EngineResult, type Sg } from './engine-ops.ts'
 import { HwQueue, QueueState, beginVisit, served, visitOver, type CompletionCallback, type CtxList, type Entry, type QueueHost, type QueuePort } from './hw-queue.ts'
 import { Iommu, Xlate, type DeviceAccess, type Iotlb, type SgList } from './iommu.ts'
 import { PAGE_SIZE, type PhysMem } from './phys-mem.ts'
@@ -56,6 +56,20 @@ const KEEP_EMPTY_CTX_LISTS = 64
 const PUMP_NOW_MIN = 8
 /** page requests one descriptor may make before it is failed (a livelock guard) */
 const MAX_PAGE_REQUESTS = 64
+/**
+ * Jobs the front end runs itself (inlineBytes) before the arbiter lets the event loop
+ * turn: the rest wait for a setImmediate, so 16 full queues of small descriptors do not
+ * hold sockets and timers for the whole of them.
+ */
+export const INLINE_PER_TURN = 1024
+/**
+ * The opcodes a front end may run itself: one native copy or compare each. FILL and CRC32
+ * ran slower on the main thread than through an engine even at 64 bytes (their JS per
+ * job costs more than the handoff; bench/RESULTS.md, sixteenth session).
+ */
+const INLINE_OPS = new Uint8Array(256)
+for (const op of [Opcode.NOOP, Opcode.MEMMOVE, Opcode.COMPARE]) INLINE_OPS[op] = 1
+const ENGINE_ERROR: EngineResult = Object.freeze({ status: Status.ABORTED, result: 0, bytesCompleted: 0, value: 0 })
 
 /** Sees every completion (metrics): the port tells whose it was. */
 export type CompletionObserver = (queue: HwQueue, port: QueuePort, status: number, opcode: number, bytes: number, latencyNs: number) => void
@@ -75,6 +89,7 @@ export interface DeviceAttributes {
   engines: number
   pollUs: number
   arbiterQuantum: number
+  inlineBytes: number
 }
 
 const EMPTY: Sg = { addrs: [], lens: [] }
@@ -137,10 +152,17 @@ export class AccelDevice implements QueueHost {
   readonly #finishTask = (): void => this.#finishAll()
   readonly #pumpTask = (): void => {
     this.#pumpScheduled = false
+    this.#inlineLeft = INLINE_PER_TURN
     this.#pump()
   }
 
   #pumping = false
+  /** inline jobs the arbiter may still run before it yields to the event loop (INLINE_PER_TURN) */
+  #inlineLeft = INLINE_PER_TURN
+  /** the op_args of the job run inline: engine-ops reads them from offset 0, a ring entry's place */
+  readonly #inlineArgs = new Uint8Array(16)
+  /** jobs the front end ran itself, not an engine (inlineBytes) */
+  inlineJobs = 0
   /** the queues with work, in arbiter order (HwQueue.busy marks them) */
   readonly #busy: HwQueue[] = []
   #rr = 0
@@ -188,7 +210,8 @@ export class AccelDevice implements QueueHost {
       maxBatchSize: this.config.maxBatchSize,
       engines: this.config.engines,
       pollUs: this.config.pollUs,
-      arbiterQuantum: this.config.arbiterQuantum
+      arbiterQuantum: this.config.arbiterQuantum,
+      inlineBytes: this.config.inlineBytes
     }
   }
 
@@ -344,6 +367,14 @@ export class AccelDevice implements QueueHost {
     const jobs: DeviceJob[] = []
     try {
       while (this.#running < this.maxJobs && this.#runningBytes < this.maxJobBytes && this.#stalled.length === 0) {
+        if (this.#inlineLeft <= 0) {
+          // the rest after the event loop's turn (#pumpTask gives the budget back)
+          if (!this.#pumpScheduled) {
+            this.#pumpScheduled = true
+            setImmediate(this.#pumpTask)
+          }
+          break
+        }
         const e = this.#next()
         if (e === undefined) break
         this.#start(e, jobs)
@@ -424,7 +455,43 @@ export class AccelDevice implements QueueHost {
       this.#translateBlocking(e).catch(() => this.#complete(e, Status.ABORTED))
       return
     }
-    if (job !== undefined) this.#run(e, job, jobs)
+    if (job !== undefined) this.#dispatch(e, job, jobs)
+  }
+
+  /** To an engine, or, when the handoff would cost more than the work, run here (inlineBytes). */
+  #dispatch (e: Entry, job: DeviceJob, jobs: DeviceJob[]): void {
+    if (INLINE_OPS[job.opcode] === 1 && job.size <= this.config.inlineBytes && this.config.inlineBytes > 0) this.#runInline(e, job)
+    else this.#run(e, job, jobs)
+  }
+
+  /**
+   * Runs a small job on the front end's own thread, through the engines' code, and
+   * finishes it with the engines' completions. Synchronous: its access ends before any
+   * notifier can run, so nothing ever waits on it.
+   */
+  #runInline (e: Entry, job: DeviceJob): void {
+    e.state = 'running'
+    this.#inlineLeft--
+    this.inlineJobs++
+    const d = job.args
+    const args = this.#inlineArgs
+    for (let i = 0; i < 16; i++) args[i] = d[DESC.OP_ARGS + i]
+    job.args = args
+    let r: EngineResult
+    try {
+      r = runOp(this.mem.bytes, job)
+    } catch {
+      // what an engine does with a job it throws on (a bug of the front end's, not the tenant's)
+      r = ENGINE_ERROR
+    }
+    this.#putJob(job)
+    this.#releaseAccess(e)
+    e.engine = r
+    this.#finished[this.#finishedCount++] = e
+    if (!this.#finishScheduled) {
+      this.#finishScheduled = true
+      queueMicrotask(this.#finishTask)
+    }
   }
 
   #run (e: Entry, job: DeviceJob, jobs: DeviceJob[]): void {
@@ -534,8 +601,8 @@ export class AccelDevice implements QueueHost {
     }
     if (job === undefined) return
     const jobs: DeviceJob[] = []
-    this.#run(e, job, jobs)
-    this.#submitJobs(jobs)
+    this.#dispatch(e, job, jobs)
+    if (jobs.length > 0) this.#submitJobs(jobs)
   }
 
   /** Walks the descriptor's buffers and answers the first untranslatable page. */

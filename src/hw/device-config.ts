@@ -45,6 +45,12 @@ export const DeviceConfigSchema = Type.Object({
     maximum: 16 * 2 ** 20,
     default: 65536,
     description: 'bytes of work the arbiter serves a queue (and a shared queue a PASID) for each unit of its priority (weight) in one visit, beyond its priority\'s count of descriptors; a descriptor counts its size, at least 512 bytes (so 128 NOOPs a unit at the default). 0: priority descriptors a visit'
+  }),
+  inlineBytes: Type.Integer({
+    minimum: 0,
+    maximum: 65536,
+    default: 4096,
+    description: 'a NOOP, MEMMOVE or COMPARE of at most this many bytes runs on the service\'s main thread, not an engine: handing it to an engine costs the main thread more than doing it. 0: every job goes to an engine'
   })
 }, { additionalProperties: false })
 export type DeviceConfig = Static<typeof DeviceConfigSchema>
@@ -73,7 +79,8 @@ export const DEFAULT_DEVICES: DeviceConfig[] = [
     isolateStrategy: { faults: 64, windowMs: 60000 },
     iotlbEntries: 4096,
     pollUs: 500,
-    arbiterQuantum: 65536
+    arbiterQuantum: 65536,
+    inlineBytes: 4096
   },
   {
     id: 'wd1',
@@ -89,6 +96,7 @@ export const DEFAULT_DEVICES: DeviceConfig[] = [
     isolateStrategy: { faults: 64, windowMs: 60000 },
     iotlbEntries: 4096,
     pollUs: 500,
-    arbiterQuantum: 65536
+    arbiterQuantum: 65536,
+    inlineBytes: 4096
   }
 ]

@@ -85,7 +85,9 @@ export const DeviceView = Type.Object({
   engines: Type.Integer({ minimum: 1, description: 'engine threads' }),
   pollUs: Type.Integer({ minimum: 0, description: 'microseconds engine 0 keeps polling for work after its last job before it sleeps (0: never polls); while it polls it keeps a core busy' }),
   arbiterQuantum: Type.Integer({ minimum: 0, description: 'bytes of work the arbiter serves a queue (a shared queue, a PASID) for each unit of its priority (weight) in one visit, beyond that many descriptors; a descriptor counts its size, at least 512 bytes. 0: priority descriptors a visit' }),
+  inlineBytes: Type.Integer({ minimum: 0, description: 'a NOOP, MEMMOVE or COMPARE of at most this many bytes runs on the service\'s main thread, not an engine (0: every job goes to an engine)' }),
   outstanding: { ...Count, description: 'descriptors accepted and not yet completed, over every queue' },
+  inlineJobs: { ...Count, description: 'jobs run on the service\'s main thread rather than an engine (inlineBytes)' },
   queues: Type.Array(HwQueueView),
   iotlb: Type.Object({
     hits: Count,

@@ -2,6 +2,7 @@ import t from 'tap'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 import { CR_SIZE, DESC, DESC_SIZE, FaultInfo, Flag, Opcode, Status, readCompletion, writeU64 } from '../../src/hw/descriptor.ts'
+import { INLINE_PER_TURN } from '../../src/hw/accel-device.ts'
 import { QueueState, type QueuePort } from '../../src/hw/hw-queue.ts'
 import { Prot } from '../../src/kernel/vma.ts'
 import { P, Rig, deviceConfig, encode, run } from './device-rig.ts'
@@ -471,7 +472,8 @@ t.test('doorbell writes from separate callbacks of one event-loop turn reach a s
   // Between two sockets' callbacks Node runs the microtask queue; with the engine asleep
   // the arbiter must wait for the turn, not the callback, or each request of the mediated
   // path costs a publish and often a futex wake.
-  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }] }))
+  // NOOPs go to the engine only with inlineBytes 0; the front end runs them itself otherwise
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 0, inlineBytes: 0, queues: [{ mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }, { mode: 'dedicated', depth: 64, priority: 1 }] }))
   t.teardown(() => rig.close())
   await rig.dev.pool.ready()
   const cs = rig.dev.queues.map(q => rig.collector(q))
@@ -485,10 +487,69 @@ t.test('doorbell writes from separate callbacks of one event-loop turn reach a s
   t.ok(cs.every(c => c.completions.get(1n)?.[0].status === Status.SUCCESS && c.completions.get(2n)?.[0].status === Status.SUCCESS))
 })
 
+t.test('NOOPs, MEMMOVEs and COMPAREs up to inlineBytes run on the front end; the rest, and all with inlineBytes 0, on an engine', async t => {
+  for (const inlineBytes of [P, 0]) {
+    const rig = new Rig(deviceConfig({ inlineBytes }))
+    t.teardown(() => rig.close())
+    await rig.dev.pool.ready()
+    const q = rig.dev.allocQueue('dedicated')
+    if (q === undefined) return t.fail('no queue')
+    const c = rig.collector(q)
+    const buf = rig.map(8 * P)
+    const data = crypto.randomBytes(2 * P)
+    // every page present: a descriptor without BLOCK_ON_FAULT faults on one never touched
+    rig.store(buf, Buffer.concat([data, Buffer.alloc(6 * P)]))
+    const pattern = Buffer.from('0123456789abcdef', 'hex')
+    const done = await run(c, [
+      { opcode: Opcode.NOOP, tag: 1n },
+      { opcode: Opcode.MEMMOVE, src: buf + 5, dst: buf + 2 * P, size: P, tag: 2n },
+      { opcode: Opcode.COMPARE, src: buf, dst: buf + P, size: 64, tag: 3n },
+      { opcode: Opcode.MEMMOVE, src: buf, dst: buf + 4 * P, size: P + 1, tag: 4n },
+      { opcode: Opcode.FILL, dst: buf + 6 * P, size: 64, opArgs: Uint8Array.from([...pattern, ...new Array(8).fill(0)]), tag: 5n },
+      { opcode: Opcode.CRC32, src: buf, size: 64, tag: 6n }
+    ])
+    const why = `inlineBytes ${inlineBytes}`
+    t.same(done.map(x => x.status), new Array(6).fill(Status.SUCCESS), why)
+    t.same(Buffer.from(rig.load(buf + 2 * P, P)), data.subarray(5, 5 + P), `${why}: MEMMOVE of a page`)
+    let first = 0
+    while (data[first] === data[P + first]) first++
+    t.same([done[2].result, done[2].value], [1, first], `${why}: COMPARE`)
+    t.same(Buffer.from(rig.load(buf + 4 * P, P + 1)), data.subarray(0, P + 1), `${why}: MEMMOVE of a page and a byte`)
+    t.same(Buffer.from(rig.load(buf + 6 * P, 64)), Buffer.concat(new Array(8).fill(pattern)), `${why}: FILL`)
+    t.equal(done[5].value, zlib.crc32(data.subarray(0, 64)), `${why}: CRC32`)
+    t.equal(rig.dev.inlineJobs, inlineBytes > 0 ? 3 : 0, `${why}: jobs run on the front end`)
+    t.equal(rig.dev.pool.stats().submitted, inlineBytes > 0 ? 3 : 6, `${why}: jobs handed to the engine`)
+  }
+})
+
+t.test('the front end runs at most INLINE_PER_TURN jobs before the event loop turns', async t => {
+  // 16 full queues of small descriptors would otherwise hold every socket and timer for all of them
+  const n = 2 * INLINE_PER_TURN + 5
+  const rig = new Rig(deviceConfig({ pollUs: 0, queues: [{ mode: 'dedicated', depth: n, priority: 1 }] }))
+  t.teardown(() => rig.close())
+  await rig.dev.pool.ready()
+  const q = rig.dev.allocQueue('dedicated')
+  if (q === undefined) return t.fail('no queue')
+  const c = rig.collector(q)
+  const seen: number[] = []
+  const watch = (): void => {
+    seen.push(c.count)
+    if (c.count < n) setImmediate(watch)
+  }
+  setImmediate(watch)
+  t.equal(c.port.submit(encode(Array.from({ length: n }, (_, i) => ({ opcode: Opcode.NOOP, tag: BigInt(i) }))), 0, n), n)
+  await c.waitFor(n)
+  const steps = seen.slice(1).map((x, i) => x - seen[i])
+  t.ok(steps.every(d => d <= INLINE_PER_TURN), `completions between two turns: ${steps.filter(d => d > 0).join(', ')}`)
+  t.ok(seen.some(x => x > 0 && x < n), 'the loop turned with work still queued')
+  t.equal(rig.dev.inlineJobs, n)
+  t.equal(rig.dev.pool.stats().submitted, 0, 'no NOOP went to the engine')
+})
+
 t.test('a doorbell write of eight or more reaches a polling engine that is awake at once', async t => {
   // Awake, the engine costs nothing to hand work to, and the write's descriptors are still
   // in the CPU's cache. (Asleep, the turn's writes go together: the test above.)
-  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 60_000_000 }), 8192, { pollContended: true })
+  const rig = new Rig(deviceConfig({ engines: 1, pollUs: 60_000_000, inlineBytes: 0 }), 8192, { pollContended: true })
   t.teardown(() => rig.close())
   await rig.dev.pool.ready()
   const q = rig.dev.allocQueue('dedicated')

@@ -30,7 +30,9 @@ t.test('the devices: UACCE attributes, hardware queues, IOTLB and engines', asyn
     engines: 1,
     pollUs: 500,
     arbiterQuantum: 65536,
+    inlineBytes: 4096,
     outstanding: 0,
+    inlineJobs: 0,
     iotlb: { hits: 0, misses: 0, entries: 0, capacity: 4096 },
     enginePool: { submitted: 0, completed: 0, inflight: 0, workers: [{ alive: true }] }
   })
