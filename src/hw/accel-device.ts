@@ -480,9 +480,10 @@ export class AccelDevice implements QueueHost {
     let r: EngineResult
     try {
       r = runOp(this.mem.bytes, job)
-    } catch {
+    } catch (err) {
       // what an engine does with a job it throws on (a bug of the front end's, not the tenant's)
       r = ENGINE_ERROR
+      this.pool.onError?.(`front end: ${(err as Error).message}`)
     }
     this.#putJob(job)
     this.#releaseAccess(e)

@@ -65,8 +65,8 @@ export const EMPTY_SG: Sg = { addrs: [], lens: [] }
  * share their map with the engine pool's completions, whose `value` (a CRC, a 64-bit
  * offset) is often not a small integer, and once that field's representation changed,
  * V8 built every such literal here through its slow runtime path (a deep copy of the
- * literal's template, 8-9% of the main thread when the front end runs MEMMOVEs itself,
- * sixteenth session).
+ * literal's template: about a tenth of the main thread when the front end runs MEMMOVEs
+ * itself, bench/RESULTS.md, sixteenth session).
  */
 class Done implements EngineResult {
   status: number
