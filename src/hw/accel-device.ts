@@ -486,13 +486,7 @@ export class AccelDevice implements QueueHost {
       this.pool.onError?.(`front end: ${(err as Error).message}`)
     }
     this.#putJob(job)
-    this.#releaseAccess(e)
-    e.engine = r
-    this.#finished[this.#finishedCount++] = e
-    if (!this.#finishScheduled) {
-      this.#finishScheduled = true
-      queueMicrotask(this.#finishTask)
-    }
+    this.#finish(e, r)
   }
 
   #run (e: Entry, job: DeviceJob, jobs: DeviceJob[]): void {
@@ -681,7 +675,11 @@ export class AccelDevice implements QueueHost {
     const e = this.#jobs[id]
     if (e === undefined) return
     this.#unrun(e)
-    // The engine is done with the frames: a notifier waiting on this access may go on.
+    this.#finish(e, r)
+  }
+
+  /** The job is done with its frames (a notifier waiting on its access may go on); #finishAll completes it. */
+  #finish (e: Entry, r: EngineResult): void {
     this.#releaseAccess(e)
     e.engine = r
     this.#finished[this.#finishedCount++] = e
