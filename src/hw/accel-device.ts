@@ -159,8 +159,6 @@ export class AccelDevice implements QueueHost {
   #pumping = false
   /** inline jobs the arbiter may still run before it yields to the event loop (INLINE_PER_TURN) */
   #inlineLeft = INLINE_PER_TURN
-  /** the op_args of the job run inline: engine-ops reads them from offset 0, a ring entry's place */
-  readonly #inlineArgs = new Uint8Array(16)
   /** jobs the front end ran itself, not an engine (inlineBytes) */
   inlineJobs = 0
   /** the queues with work, in arbiter order (HwQueue.busy marks them) */
@@ -473,10 +471,6 @@ export class AccelDevice implements QueueHost {
     e.state = 'running'
     this.#inlineLeft--
     this.inlineJobs++
-    const d = job.args
-    const args = this.#inlineArgs
-    for (let i = 0; i < 16; i++) args[i] = d[DESC.OP_ARGS + i]
-    job.args = args
     let r: EngineResult
     try {
       r = runOp(this.mem.bytes, job)

@@ -21,7 +21,7 @@ import { createCipheriv, createDecipheriv, createHash, hash } from 'node:crypto'
 import zlib from 'node:zlib'
 import { copyIn, copyOut, moveWithin } from './shared-copy.ts'
 import {
-  AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, FILL_PATTERN_SIZE, MAX_DEFLATE_LEVEL, Opcode, SHA256_SIZE, Status,
+  AES_IV_SIZE, AES_KEY_SIZE, AES_TAG_SIZE, FILL_PATTERN_SIZE, MAX_DEFLATE_LEVEL, OP_ARGS_SIZE, Opcode, SHA256_SIZE, Status,
   crcSeed, deflateLevel, fillPattern
 } from './descriptor.ts'
 
@@ -41,8 +41,13 @@ export interface EngineJob {
   size: number
   /** capacity of dst for DEFLATE, INFLATE, ENCRYPT, DECRYPT */
   dstSize: number
-  /** the descriptor's 16 op_args bytes */
+  /** the descriptor's 16 op_args bytes, from `argsAt` */
   args: Uint8Array
+  /**
+   * where the op_args start in `args` (default 0): the device's jobs point at their
+   * whole descriptor instead of taking a view of it per job
+   */
+  argsAt?: number
   src: Sg
   dst: Sg
   key?: Sg
@@ -79,6 +84,12 @@ class Done implements EngineResult {
     this.bytesCompleted = bytesCompleted
     this.value = value
   }
+}
+
+/** The job's 16 op_args bytes; a view only for a job that points into its descriptor. */
+function opArgs (job: EngineJob): Uint8Array {
+  const at = job.argsAt ?? 0
+  return at === 0 ? job.args : job.args.subarray(at, at + OP_ARGS_SIZE)
 }
 
 function done (status: number, bytesCompleted = 0, value = 0, result = 0): EngineResult {
@@ -390,7 +401,7 @@ const FILL_BLOCK = 4096
 
 function fill (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult {
   const n = Math.min(job.size, dstLen)
-  const pat = fillPattern(job.args)
+  const pat = fillPattern(opArgs(job))
   if (pat.every(x => x === pat[0])) {
     eachSeg(job.dst, n, (addr, len) => { mem.fill(pat[0], addr, addr + len) })
   } else {
@@ -431,7 +442,7 @@ function compare (mem: Uint8Array, job: EngineJob): EngineResult {
 }
 
 function crc (mem: Uint8Array, job: EngineJob): EngineResult {
-  let c = crcSeed(job.args)
+  let c = crcSeed(opArgs(job))
   eachSeg(job.src, job.size, (addr, n) => { c = crc32(mem.subarray(addr, addr + n), c) })
   return done(Status.SUCCESS, job.size, c)
 }
@@ -481,7 +492,7 @@ function zlibOp (mem: Uint8Array, job: EngineJob, dstLen: number, run: (input: U
 }
 
 function deflate (mem: Uint8Array, job: EngineJob, dstLen: number): EngineResult {
-  const level = deflateLevel(job.args)
+  const level = deflateLevel(opArgs(job))
   if (level > MAX_DEFLATE_LEVEL) return done(Status.INVALID_FIELD)
   return zlibOp(mem, job, dstLen, (input, max) => zlib.deflateRawSync(input, { level, maxOutputLength: max }))
 }

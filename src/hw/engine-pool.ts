@@ -135,11 +135,8 @@ const SMALL_JOB_BYTES = 1024
 /** the polling engine's load up to which it takes small jobs; past it they spread as others do */
 const SMALL_JOB_LANE_LOAD = 1024 * 1024
 
-/**
- * `argsAt`: where the 16 op_args bytes start in `args` (default 0), so a job can point
- * into its descriptor instead of taking a view of it per job.
- */
-export type PoolJob = EngineJob & { id: number, argsAt?: number }
+/** An engine job and the id its completion answers with (`argsAt`: EngineJob). */
+export type PoolJob = EngineJob & { id: number }
 export type CompleteFn = (jobId: number, result: EngineResult) => void
 
 export interface EnginePoolOptions {

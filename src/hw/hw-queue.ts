@@ -305,7 +305,7 @@ export class HwQueue implements Visit {
     const taken = this.#taken
     if (n > 0) {
       this.#takeSlots(n)
-      this.#copyDescriptors(buf, off, taken, 0, n)
+      this.#copyDescriptors(buf, off, n)
     }
     const now = n > 0 ? performance.now() : 0
     const pasid = port.pasid
@@ -354,11 +354,12 @@ export class HwQueue implements Visit {
   }
 
   /**
-   * Copies descriptors i < n from `buf` at `off` into slots free[base + i], 16 words each
+   * Copies descriptors i < n from `buf` at `off` into the slots #taken[i], 16 words each
    * (64 byte stores each were a tenth of the device's main-thread time). A source off a
    * 4-byte boundary is first copied whole, natively, to an aligned staging buffer.
    */
-  #copyDescriptors (buf: Uint8Array, off: number, free: Int32Array, base: number, n: number): void {
+  #copyDescriptors (buf: Uint8Array, off: number, n: number): void {
+    const slots = this.#taken
     const at = buf.byteOffset + off
     let words: Int32Array
     if ((at & 3) === 0) {
@@ -376,14 +377,14 @@ export class HwQueue implements Visit {
     // below the others splits one): a run of RUN_COPY_MIN or more is one native copy,
     // where 16 word stores a descriptor cost 20 ns against 2.
     for (let i = 0; i < n;) {
-      const first = free[base + i]
+      const first = slots[i]
       let run = 1
-      while (i + run < n && free[base + i + run] === first + run) run++
+      while (i + run < n && slots[i + run] === first + run) run++
       if (run >= RUN_COPY_MIN) {
         ring.set(words.subarray(i * DESC_WORDS, (i + run) * DESC_WORDS), first * DESC_WORDS)
       } else {
         for (let j = i; j < i + run; j++) {
-          const to = free[base + j] * DESC_WORDS
+          const to = slots[j] * DESC_WORDS
           const from = j * DESC_WORDS
           for (let k = 0; k < DESC_WORDS; k++) ring[to + k] = words[from + k]
         }
@@ -492,7 +493,6 @@ export class HwQueue implements Visit {
     }
   }
 
-  /** Removes and answers every entry not yet started (for a reset or a release). */
   /**
    * Takes out the entries `port` submitted that have not started, in order; the others
    * stay where they wait. (Taking all and enqueueing the others again linked them into
@@ -522,6 +522,7 @@ export class HwQueue implements Visit {
     return out
   }
 
+  /** Removes and answers every entry not yet started (for a reset or a release). */
   takeAllPending (): Entry[] {
     const out: Entry[] = []
     for (const lane of this.#order) {

@@ -397,3 +397,20 @@ t.test('caller bugs throw', async t => {
   writeU32(seedArgs, 0, 5)
   t.equal(runOp(M, job({ opcode: Opcode.CRC32, size: 0, args: seedArgs })).value, 5, 'size 0 keeps the seed')
 })
+
+t.test('op_args read from argsAt: a job may point at its whole descriptor', async t => {
+  // The device hands runOp its descriptor and DESC.OP_ARGS rather than a view per job
+  const at = 24
+  const desc = new Uint8Array(64).fill(0xEE)
+  const pattern = [1, 2, 3, 4, 5, 6, 7, 8]
+  desc.set(pattern, at)
+  const dst = vbuf(100)
+  t.equal(runOp(M, job({ opcode: Opcode.FILL, size: 100, args: desc, argsAt: at, dst: dst.sg() })).status, Status.SUCCESS)
+  t.ok(dst.read().equals(Buffer.from(Array.from({ length: 100 }, (_, i) => pattern[i % 8]))), 'FILL with the pattern at argsAt')
+  const src = vbuf(100)
+  const input = randomBytes(100)
+  src.write(input)
+  const seed = 0x12345678
+  writeU32(desc, at, seed)
+  t.equal(runOp(M, job({ opcode: Opcode.CRC32, size: 100, args: desc, argsAt: at, src: src.sg() })).value, crc32Js(input, seed), 'CRC32 with the seed at argsAt')
+})
